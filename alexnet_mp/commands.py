@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-COMMANDS: list = []
+from .summary import summary_command
+from .verify import verify_command
+
+COMMANDS: list = [summary_command, verify_command]

@@ -1,0 +1,112 @@
+"""Placing the columns: the split model and the two ways to build it.
+
+The model code is the same whether the columns live in two processes or in one; only
+the :class:`~alexnet_mp.exchange.Exchange` differs. Exchanges happen exactly where the
+layer table says a layer sees both columns (conv3, fc6, fc7, fc8), plus the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import layers as L
+from .convert import to_columns
+from .errors import DistributedError
+from .exchange import Exchange, ExchangeStats, LocalExchange, ProcessGroupExchange
+from .model import AlexNet, Column
+
+
+class SplitAlexNet(nn.Module):
+    """The two-column network: runs the columns this process holds, exchanging between them.
+
+    ``state_dict`` keys carry the column (``column0.conv1.weight``), so a checkpoint of the
+    two ranks never confuses the two columns' weights.
+    """
+
+    def __init__(self, columns: Sequence[Column], exchange: Exchange) -> None:
+        super().__init__()
+        indices = [c.index for c in columns]
+        if indices != exchange.column_indices:
+            raise ValueError(f"columns {indices} do not match the exchange's {exchange.column_indices}")
+        self.columns = nn.ModuleDict({f"column{c.index}": c for c in columns})
+        self.exchange = exchange
+        first = columns[0]
+        self.num_classes = first.num_classes
+        self._sees_both = {s.layer.name: s.layer.sees == "both" for s in first.shapes}
+
+    @property
+    def stats(self) -> ExchangeStats:
+        return self.exchange.stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        columns = list(self.columns.values())
+        hs = self.exchange.scatter_input(x)
+        for name in columns[0].layer_names:
+            if self._sees_both[name]:
+                hs = self.exchange.gather(name, hs)
+            hs = [col.block(name, h) for col, h in zip(columns, hs)]
+        return self.exchange.output(self.exchange.gather(L.LOGITS, hs))
+
+    def load_reference_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a single-device :class:`AlexNet` state dict into the columns held here."""
+        parts = to_columns(state)
+        for key, column in self.columns.items():
+            column.load_state_dict(parts[column.index])
+
+
+def _auto_devices() -> list[torch.device]:
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n >= 2:
+        return [torch.device("cuda", 0), torch.device("cuda", 1)]
+    if n == 1:
+        return [torch.device("cuda", 0)] * 2
+    return [torch.device("cpu")] * 2
+
+
+def split_in_one_process(devices: Sequence[torch.device | str] | None = None, *,
+                         num_classes: int = 1000, stats: ExchangeStats | None = None,
+                         **column_kwargs) -> SplitAlexNet:
+    """Both columns in this process: on ``cuda:0`` and ``cuda:1`` when two GPUs are visible
+    (as the paper ran), both on one GPU when there is one, else on the CPU."""
+    devices = list(devices) if devices is not None else _auto_devices()
+    exchange = LocalExchange(devices, stats)
+    columns = [Column(i, num_classes, **column_kwargs).to(d) for i, d in enumerate(exchange.devices)]
+    return SplitAlexNet(columns, exchange)
+
+
+def default_backend() -> Literal["nccl", "gloo"]:
+    """NCCL when CUDA is present, gloo otherwise."""
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
+def default_device(group: dist.ProcessGroup | None = None) -> torch.device:
+    """The device the backend of ``group`` drives: this rank's GPU under NCCL, else the CPU."""
+    backend = dist.get_backend(group) if dist.is_initialized() else default_backend()
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def split_across_processes(group: dist.ProcessGroup | None, *, device: torch.device | str | None = None,
+                           num_classes: int = 1000, stats: ExchangeStats | None = None,
+                           **column_kwargs) -> SplitAlexNet:
+    """This rank's column of the split; the other column is the other rank of ``group``."""
+    if group is None:
+        raise DistributedError(
+            "split_across_processes needs the model-parallel process group (2 ranks, one per "
+            "column) and got None. Pass dist.group.WORLD when the world is 2, or a device mesh's "
+            "'mp' sub-group; to hold both columns in one process use split_in_one_process()."
+        )
+    exchange = ProcessGroupExchange(group, device or default_device(group), stats)
+    column = Column(exchange.column_indices[0], num_classes, **column_kwargs).to(exchange.devices[0])
+    return SplitAlexNet([column], exchange)
+
+
+def reference_like(split: SplitAlexNet, **kwargs) -> AlexNet:
+    """A single-device AlexNet with the same number of classes as ``split``."""
+    return AlexNet(split.num_classes, **kwargs)
