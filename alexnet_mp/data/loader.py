@@ -1,0 +1,151 @@
+"""``build_train_loader`` / ``build_eval_loader``: the interface the trainer calls.
+
+A loader is built per epoch (``epoch`` picks the order and the augmentation; cheap: the
+file index is cached) and yields ``(images, labels)`` on ``device``: float32 NCHW
+``(B, 3, 224, 224)`` — ``(B, 10, 3, 224, 224)`` for the ten patches — and int64 ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .augment import load_color_stats, lighting_shift, plan_epoch
+from .config import DataConfig
+from .folder import scan_split
+from .sharding import eval_positions, steps_per_epoch, train_positions
+
+log = logging.getLogger(__name__)
+
+
+class Batches:
+    """An epoch's batches for this process: ``len()`` is the epoch's step count.
+
+    Iterating yields the steps ``start_step … len() - 1`` (all of them for evaluation).
+    """
+
+    def __init__(self, inner, *, steps: int, start_step: int, device, exchange=None, skipped: int = 0):
+        self.inner, self.steps, self.start_step, self.device = inner, steps, start_step, device
+        self.exchange, self.skipped = exchange, skipped
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for images, labels in self.inner:
+            if self.device is not None:
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+            if self.exchange is not None:
+                images, labels = self.exchange(images), self.exchange(labels)
+            yield images, labels
+
+
+def _column(mp_group, column_feed: str) -> tuple[int, int]:
+    """(this column's part, parts): (0, 1) unless the columns exchange decoded halves."""
+    if mp_group is None or column_feed == "duplicate":
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(mp_group), dist.get_world_size(mp_group)
+
+
+def _gather(mp_group, parts: int):
+    """All-gathers each column's part along dim 0: column order is batch order."""
+    import torch.distributed as dist
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_empty((t.shape[0] * parts, *t.shape[1:]))
+        dist.all_gather_into_tensor(out, t.contiguous(), group=mp_group)
+        return out
+
+    return gather
+
+
+def _default_device(cfg: DataConfig, device):
+    if device is not None:
+        return torch.device(device)
+    if cfg.loader == "dali" and cfg.decode_device == "gpu":
+        return torch.device("cuda")
+    return None
+
+
+def _make_inner(cfg, split, idx, *, offsets, mirror, shift, stats, batch_size, device, ten_crop):
+    """The loader for dataset indices ``idx`` (in order) with their per-sample parameters."""
+    files = [split.files[i] for i in idx]
+    labels, sizes = split.labels[idx], split.sizes[idx]
+    if cfg.loader == "dali":
+        from .dali import DaliBatches, dali_params, gpu_device_id
+
+        device_id = None
+        if cfg.decode_device != "cpu":
+            device_id = gpu_device_id(device if device is not None else ("cuda" if torch.cuda.is_available() else None))
+        if cfg.decode_device == "gpu" and device_id is None:
+            raise ConfigError("[data] decode_device = \"gpu\" but CUDA is not available; use \"auto\" or \"cpu\".")
+        params = dali_params(sizes, mirror, offsets, shift, stats, ten_crop=ten_crop)
+        return DaliBatches(files=files, labels=labels, params=params, batch_size=batch_size, threads=max(1, cfg.threads),
+                           prefetch=cfg.prefetch, device_id=device_id, ten_crop=ten_crop,
+                           std255=255.0 * np.asarray(stats.std))
+    from .torchvision_loader import PlannedImages, TorchvisionBatches
+
+    dataset = PlannedImages(files=files, labels=labels, sizes=sizes, offsets=offsets, mirror=mirror, shift=shift,
+                            mean=stats.mean, std=stats.std, decoder=cfg.torchvision_decoder, ten_crop=ten_crop)
+    pin = device is not None and torch.device(device).type == "cuda"
+    return TorchvisionBatches(dataset, batch_size=batch_size, threads=cfg.threads, prefetch=cfg.prefetch,
+                              pin_memory=pin)
+
+
+def build_train_loader(
+    cfg: DataConfig, *, batch_size: int, seed: int, epoch: int, start_step: int = 0,
+    dp_rank: int = 0, dp_size: int = 1, mp_group=None, device=None,
+) -> Batches:
+    """Epoch ``epoch``'s training batches for data-parallel replica ``dp_rank`` of ``dp_size``.
+
+    ``batch_size`` is per replica. The order and every sample's crop, flip and PCA alphas
+    depend only on (seed, epoch, position), so ``start_step=k`` yields exactly the
+    uninterrupted epoch's steps k, k+1, …, and both columns (same seed, same ``dp_rank``)
+    get the same batch. With ``mp_group`` and ``column_feed = "exchange"`` each column
+    decodes 1/|mp_group| of the batch and the parts are all-gathered over ``mp_group``.
+    """
+    split = scan_split(cfg.path, "train", on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
+                       cache_dir=cfg.cache_dir)
+    stats = load_color_stats(cfg)
+    steps = steps_per_epoch(len(split), batch_size, dp_size)
+    if steps == 0:
+        raise DataError(f"{cfg.path}/train has {len(split)} usable images, fewer than one global batch "
+                        f"({batch_size} x {dp_size} replicas).")
+    part, parts = _column(mp_group, cfg.column_feed)
+    positions = train_positions(len(split), batch_size=batch_size, dp_rank=dp_rank, dp_size=dp_size,
+                                start_step=start_step, part=part, parts=parts)
+    plan = plan_epoch(len(split), seed, epoch)
+    idx = plan.order[positions]
+    device = _default_device(cfg, device)
+    inner = _make_inner(cfg, split, idx, offsets=plan.offsets[positions], mirror=plan.mirror[positions],
+                        shift=lighting_shift(plan.alphas[positions], stats, cfg.pca_std), stats=stats,
+                        batch_size=batch_size // parts, device=device, ten_crop=False)
+    exchange = _gather(mp_group, parts) if parts > 1 else None
+    return Batches(inner, steps=steps, start_step=start_step, device=device, exchange=exchange,
+                   skipped=len(split.bad))
+
+
+def build_eval_loader(
+    cfg: DataConfig, *, batch_size: int, ten_crop: bool = False, dp_rank: int = 0, dp_size: int = 1, device=None,
+) -> Batches:
+    """Every validation image exactly once across replicas: centre 224 crop, or the ten patches.
+
+    The last batch of a replica may be smaller than ``batch_size``. Images are
+    ``(B, 3, 224, 224)``, or ``(B, 10, 3, 224, 224)`` in ``TenCrop`` order with ``ten_crop``.
+    """
+    split = scan_split(cfg.path, "val", on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
+                       cache_dir=cfg.cache_dir)
+    stats = load_color_stats(cfg)
+    positions = eval_positions(len(split), dp_rank=dp_rank, dp_size=dp_size)
+    n = len(positions)
+    device = _default_device(cfg, device)
+    inner = _make_inner(cfg, split, positions, offsets=np.full((n, 2), 16), mirror=np.zeros(n, np.int64),
+                        shift=np.zeros((n, 3)), stats=stats, batch_size=batch_size, device=device,
+                        ten_crop=ten_crop)
+    return Batches(inner, steps=-(-n // batch_size), start_step=0, device=device, skipped=len(split.bad))

@@ -1,0 +1,84 @@
+"""The torchvision path: a ``DataLoader`` applying the same planned crops, flips and lighting.
+
+For comparison with DALI and for machines without it. Geometry is the textbook one —
+``Resize`` to the planned (H', W') with antialiasing, the 256 centre square, the planned
+224 crop, flip — where DALI resamples only the crop window on the same sampling grid.
+The decoders are PIL or ``torchvision.io.decode_jpeg`` (via ``decode_image``, which also
+reads the PNGs a folder may hold). Differences from DALI, measured in the tests: a few
+grey levels at most, from the resampling filters' arithmetic, not from the geometry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import CROP, RESIZE, TEN_PATCHES, centre_offset, resized_size
+
+
+def _decode(path: str, decoder: str) -> torch.Tensor:
+    """uint8 (3, H, W) RGB, EXIF orientation ignored (as in DALI and the scanned sizes)."""
+    if decoder == "pil":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+
+
+class PlannedImages(Dataset):
+    """Item ``i``: the ``i``-th planned sample, cropped, flipped, lit and normalised."""
+
+    def __init__(self, *, files, labels, sizes, offsets, mirror, shift, mean, std, decoder, ten_crop):
+        self.files, self.labels, self.decoder, self.ten_crop = files, labels, decoder, ten_crop
+        self.resized = resized_size(sizes)
+        self.top_left = centre_offset(self.resized)
+        self.offsets, self.mirror = offsets, mirror
+        self.shift = torch.as_tensor(shift, dtype=torch.float32).reshape(-1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        import torchvision.transforms.v2.functional as F
+
+        img = _decode(self.files[i], self.decoder)
+        img = F.resize(img, [int(v) for v in self.resized[i]], antialias=True)
+        top, left = (int(v) for v in self.top_left[i])
+        img = img[:, top:top + RESIZE, left:left + RESIZE]
+        if self.ten_crop:
+            patches = [img[:, t:t + CROP, l:l + CROP] for t, l, _ in TEN_PATCHES]
+            patches = [p.flip(-1) if m else p for p, (_, _, m) in zip(patches, TEN_PATCHES)]
+            out = torch.stack(patches).float()
+        else:
+            t, l = (int(v) for v in self.offsets[i])
+            out = img[:, t:t + CROP, l:l + CROP]
+            out = (out.flip(-1) if self.mirror[i] else out).float()
+        out = (out / 255.0 + self.shift[i] - self.mean) / self.std
+        return out, int(self.labels[i])
+
+
+def _quiet_worker(_: int) -> None:
+    torch.set_num_threads(1)  # one core per worker; the workers are the parallelism
+
+
+class TorchvisionBatches:
+    """A ``DataLoader`` over :class:`PlannedImages`, in plan order, batches of ``batch_size``."""
+
+    def __init__(self, dataset: PlannedImages, *, batch_size: int, threads: int, prefetch: int, pin_memory: bool):
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                                 num_workers=threads, prefetch_factor=prefetch if threads else None,
+                                 pin_memory=pin_memory, worker_init_fn=_quiet_worker if threads else None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images, labels.long()
