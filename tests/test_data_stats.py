@@ -1,0 +1,61 @@
+"""``dataset-stats`` computes mean/std/PCA correctly and the loaders use what it writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from alexnet_mp.cli import main
+from alexnet_mp.data import build_eval_loader
+from alexnet_mp.data.augment import load_color_stats
+from alexnet_mp.errors import ConfigError
+
+from data_fixtures import cfg_for
+
+
+@pytest.fixture()
+def flat_root(tmp_path):
+    """Flat-colour PNGs (exact pixels) whose statistics are known in closed form."""
+    colours = np.array([[250, 10, 10], [10, 240, 30], [20, 20, 200], [128, 128, 128], [200, 180, 20], [0, 90, 255]])
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "ds" / split / c).mkdir(parents=True)
+    for i, col in enumerate(colours):
+        Image.fromarray(np.full((256, 256, 3), col, np.uint8)).save(tmp_path / "ds" / "train" / "ab"[i % 2] / f"{i}.png")
+        Image.fromarray(np.full((256, 256, 3), col, np.uint8)).save(tmp_path / "ds" / "val" / "ab"[i % 2] / f"{i}.png")
+    return tmp_path / "ds", colours / 255.0
+
+
+def test_stats_are_the_pixel_mean_std_and_covariance_eigenpairs(flat_root, tmp_path):
+    root, colours = flat_root
+    result = CliRunner().invoke(main, ["dataset-stats", str(root), "--quiet"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((root / "color_stats.json").read_text())
+    cov = np.cov(colours.T, bias=True)  # every image contributes equally many pixels
+    eigval, eigvec = np.linalg.eigh(cov)
+    assert np.allclose(stats["mean"], colours.mean(0), atol=1e-5)
+    assert np.allclose(stats["std"], colours.std(0), atol=1e-5)
+    assert np.allclose(stats["eigval"], eigval[::-1], atol=1e-5)
+    got = np.array(stats["eigvec"])
+    assert np.allclose(np.abs(got.T @ eigvec[:, ::-1]), np.eye(3), atol=1e-4)  # same axes, signs free
+
+
+def test_loader_normalises_with_dataset_stats(flat_root, tmp_path):
+    root, colours = flat_root
+    CliRunner().invoke(main, ["dataset-stats", str(root), "--quiet"])
+    cfg = cfg_for(root, tmp_path, color_stats="dataset")
+    stats = load_color_stats(cfg)
+    x = torch.cat([x for x, _ in build_eval_loader(cfg, batch_size=6)])
+    expected = (torch.tensor(colours[[0, 2, 4, 1, 3, 5]], dtype=torch.float32) - torch.tensor(stats.mean)) / torch.tensor(stats.std)
+    assert torch.allclose(x.mean(dim=(2, 3)), expected, atol=1e-3)  # files sort a/0,2,4 then b/1,3,5
+
+
+def test_dataset_stats_missing_file_is_a_config_error(flat_root, tmp_path):
+    root, _ = flat_root
+    with pytest.raises(ConfigError, match="color_stats.json does not exist; run `alexnet-mp dataset-stats"):
+        load_color_stats(cfg_for(root, tmp_path, color_stats="dataset"))
