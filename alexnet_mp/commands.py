@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .data.cli import COMMANDS as DATA_COMMANDS
+from .profile.cli import profile_command
 from .summary import summary_command
 from .verify import verify_command
 
-COMMANDS: list = [summary_command, verify_command]
+COMMANDS: list = [summary_command, verify_command, profile_command]
 COMMANDS += DATA_COMMANDS

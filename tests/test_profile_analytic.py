@@ -1,0 +1,128 @@
+"""The profiler's yardstick and its input checks: fast, no processes started."""
+
+from __future__ import annotations
+
+from math import prod
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alexnet_mp import layers as L
+from alexnet_mp.cli import main
+from alexnet_mp.errors import UserError
+from alexnet_mp.model import AlexNet
+from alexnet_mp.profile import analytic, strategies
+from alexnet_mp.profile.measure import flop_counter
+from alexnet_mp.profile.runner import ProfileConfig, resolve_device, verdict
+
+
+def test_paper_transfers_are_the_layer_tables_exchanges_both_ways():
+    transfers = analytic.paper_transfers(128)
+    expected = L.exchange_bytes(128)
+    assert {(t.name, t.direction): t.payload for t in transfers} == {
+        (n, d): b for n, b in expected.items() for d in ("forward", "backward")}
+    # DESIGN.md section 3: ~31.6 MB per column per step at batch 128, fp32
+    assert sum(t.payload for t in transfers) == 2 * 4 * 128 * (21_632 + 4_608 + 2_048 + 2_048 + 500)
+
+
+def test_data_parallel_allreduces_every_parameter_once_per_step_whatever_the_batch():
+    transfers = analytic.data_parallel_transfers(2)
+    assert sum(t.payload for t in transfers) == L.total_params() * 4 == 243_860_896
+    model = AlexNet()
+    for t in transfers:
+        layer = getattr(model, t.name.removesuffix(".grad"))
+        assert t.payload == sum(p.numel() for p in layer.parameters()) * 4
+    # a ring sends 2(W-1)/W of the buffer: the whole buffer for 2 ranks, 1.5x for 4
+    assert all(t.wire == t.payload for t in transfers)
+    assert analytic.ring_allreduce_wire(1000, 4) == 1500
+
+
+def test_row_partition_sends_half_the_outputs_and_is_cheaper_at_fc6_and_fc8():
+    parts = {p.name: p for p in analytic.fc_partitions()}
+    fc = {s.layer.name: s for s in L.shapes() if s.layer.kind == "fc"}
+    for name, s in fc.items():
+        assert parts[name].by_columns == prod(s.in_shape) // 2
+        assert parts[name].by_rows == s.layer.out // 2
+    assert [parts[n].cheaper for n in ("fc6", "fc7", "fc8")] == ["rows", "same", "rows"]
+    paper, rows = L.exchange_bytes(8), analytic.row_fc_bytes(8, choice="rows")
+    assert rows["conv3"] == paper["conv3"] and rows["logits"] == paper["logits"]
+    assert rows["fc6"] == 2048 * 8 * 4 < paper["fc6"] and rows["fc8"] == 500 * 8 * 4 < paper["fc8"]
+    # with 10 classes fc8 by rows (5 floats) still beats gathering 2048
+    assert analytic.row_fc_bytes(8, num_classes=10)["fc8"] == 5 * 8 * 4
+
+
+def test_flop_count_of_grouped_convolutions_matches_the_split_columns():
+    # torch's own formula counts a grouped conv's weight gradient twice; ours must make the
+    # single-device net (grouped conv2/4/5) cost exactly what the two dense columns cost.
+    x, y = torch.randn(2, *L.INPUT_SHAPE), torch.randint(0, 10, (2,))
+    torch.manual_seed(0)
+    single = AlexNet(10, dropout=0.0)
+    counter = flop_counter()
+    with counter:
+        torch.nn.functional.cross_entropy(single(x), y).backward()
+    conv2 = single.conv2
+    b, h, w = 2, 27, 27
+    forward = 2 * b * h * w * conv2.weight.numel()
+    counts = counter.get_flop_counts()["AlexNet.conv2"]
+    assert counts[torch.ops.aten.convolution_backward] == 2 * forward
+
+
+def test_verdict_names_the_smaller_and_the_quieter_by_ratio():
+    rows = [{"name": "paper", "peak_tensors_per_device": 100 * 2**20, "bytes_per_step": 10,
+             "step_time": 2.0},
+            {"name": "single", "peak_tensors_per_device": 200 * 2**20, "bytes_per_step": 0, "step_time": 3.0},
+            {"name": "data-parallel", "peak_tensors_per_device": 250 * 2**20, "bytes_per_step": 80,
+             "step_time": 1.0}]
+    text = verdict(rows)
+    assert "paper holds the least per device (100 MiB peak), 0.50x single's, 0.40x data-parallel's" in text
+    assert "paper sends the fewest bytes" in text and "0.125x data-parallel's" in text
+    assert "fastest step here: data-parallel" in text
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"strategies": ["pipeline"]}, ["'pipeline'", "paper, single, data-parallel"]),
+    ({"strategies": ["hybrid"]}, ["'hybrid'", "not available yet", "paper, single, data-parallel"]),
+    ({"strategies": ["data-parallel"], "batch_size": 7}, ["--batch-size 7", "'data-parallel'", "multiple of 2"]),
+    ({"batch_size": 0}, ["--batch-size", "got 0"]),
+    ({"steps": 0}, ["--steps", "got 0"]),
+    ({"warmup": -1}, ["--warmup", "got -1"]),
+    ({"num_classes": 7}, ["--num-classes", "got 7"]),
+    ({"strategies": ["paper", "paper"]}, ["'paper'", "twice"]),
+    ({"data": "/nonexistent/imagenet"}, ["/nonexistent/imagenet", "train", "synthetic"]),
+])
+def test_bad_input_is_one_clear_user_error(kwargs, words):
+    with pytest.raises(UserError) as err:
+        ProfileConfig(**kwargs)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_cuda_without_cuda_or_without_enough_gpus_is_a_user_error(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = ProfileConfig(strategies=["paper", "single"], device="cuda", batch_size=2)
+    with pytest.raises(UserError, match="CUDA is not available"):
+        resolve_device(cfg, gpus=0)
+    with pytest.raises(UserError, match="need 2 GPUs"):
+        resolve_device(cfg, gpus=1)
+    assert resolve_device(cfg, gpus=2) == "cuda"
+    auto = ProfileConfig(strategies=["paper"], device="auto", batch_size=2)
+    assert resolve_device(auto, gpus=1) == "cpu" and resolve_device(auto, gpus=2) == "cuda"
+    assert resolve_device(ProfileConfig(strategies=["single"], batch_size=2), gpus=1) == "cuda"
+
+
+def test_the_command_line_reports_bad_input_as_one_paragraph_and_status_2():
+    result = CliRunner().invoke(main, ["profile", "--compare", "paper,data-parallel", "--batch-size", "5"])
+    assert result.exit_code == 2
+    assert "alexnet-mp: error: --batch-size 5" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["profile", "--strategy", "bogus"])
+    assert result.exit_code == 2 and "'bogus'" in result.output
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(main, ["profile", "--device", "cuda", "--batch-size", "2"])
+        assert result.exit_code == 2 and "--device cuda" in result.output
+
+
+def test_registry_lists_hybrid_as_coming_and_the_rest_as_runnable():
+    assert strategies.available() == ["paper", "single", "data-parallel"]
+    assert strategies.STRATEGIES["hybrid"].build is None and strategies.STRATEGIES["hybrid"].coming
+    assert strategies.STRATEGIES["data-parallel"].local_batch(128) == 64
