@@ -119,7 +119,7 @@ def _decode_error(candidates: list[str], err: Exception) -> DataError:
                      f"{first}")
 
 
-def dali_params(sizes, mirror, offsets, shift, stats, *, ten_crop: bool):
+def dali_params(sizes, mirror, offsets, shift, stats, *, ten_crop: bool, region_decode: bool = True):
     """Per-sample arrays for the external source, (y, x) order: decode anchor, shape, crop window, [mirror], mean."""
     from .augment import RESIZE, CROP, crop_window, decode_window
 
@@ -128,6 +128,8 @@ def dali_params(sizes, mirror, offsets, shift, stats, *, ten_crop: bool):
     else:
         start, end = crop_window(sizes, offsets, side=CROP)
     anchor, shape = decode_window(sizes, start, end)
+    if not region_decode:  # decode whole images (for benchmarks/loader.py's comparison)
+        anchor, shape = np.zeros_like(anchor), sizes
     mean255 = 255.0 * (np.asarray(stats.mean)[None, :] - shift)
     window = [anchor.astype(np.int32), shape.astype(np.int32),
               (start - anchor).astype(np.float32), (end - anchor).astype(np.float32)]

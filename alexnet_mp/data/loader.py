@@ -57,9 +57,12 @@ def _gather(mp_group, parts: int):
     """All-gathers each column's part along dim 0: column order is batch order."""
     import torch.distributed as dist
 
+    # torch 2.14 renamed all_gather_into_tensor (now a deprecated alias); both stack on dim 0.
+    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
     def gather(t: torch.Tensor) -> torch.Tensor:
         out = t.new_empty((t.shape[0] * parts, *t.shape[1:]))
-        dist.all_gather_into_tensor(out, t.contiguous(), group=mp_group)
+        all_gather(out, t.contiguous(), group=mp_group)
         return out
 
     return gather

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as F  # imported before workers fork: ~1 s each otherwise
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 from .augment import CROP, RESIZE, TEN_PATCHES, centre_offset, resized_size
 
@@ -20,13 +23,9 @@ from .augment import CROP, RESIZE, TEN_PATCHES, centre_offset, resized_size
 def _decode(path: str, decoder: str) -> torch.Tensor:
     """uint8 (3, H, W) RGB, EXIF orientation ignored (as in DALI and the scanned sizes)."""
     if decoder == "pil":
-        from PIL import Image
-
         with Image.open(path) as im:
             rgb = np.asarray(im.convert("RGB"))
         return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     return decode_image(read_file(path), mode=ImageReadMode.RGB)
 
 
@@ -46,8 +45,6 @@ class PlannedImages(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        import torchvision.transforms.v2.functional as F
-
         img = _decode(self.files[i], self.decoder)
         img = F.resize(img, [int(v) for v in self.resized[i]], antialias=True)
         top, left = (int(v) for v in self.top_left[i])
