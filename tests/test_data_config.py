@@ -36,3 +36,34 @@ def test_from_dict_reads_toml_values_and_rejects_unknown_keys():
     assert (cfg.path, cfg.loader, cfg.threads, cfg.mean) == ("/x", "torchvision", 3, [0.0, 0.5, 1.0])
     with pytest.raises(ConfigError, match="unknown key\\(s\\) bogus, thread"):
         DataConfig.from_dict({"thread": 2, "bogus": 1})
+
+
+def test_gpu_decoding_without_cuda_is_a_config_error(tmp_path, monkeypatch):
+    import torch
+
+    from alexnet_mp.data import build_eval_loader
+    from alexnet_mp.data.synthetic import make_dataset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    root = make_dataset(tmp_path / "d", classes=2, train_per_class=1, val_per_class=1, progress=False)
+    cfg = DataConfig(path=str(root), decode_device="gpu", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match='decode_device = "gpu" but CUDA is not available'):
+        build_eval_loader(cfg, batch_size=2)
+
+
+def test_auto_picks_mixed_decoding_when_cuda_is_present(tmp_path, monkeypatch):
+    """No GPU here: check the choice (device_id handed to the pipeline), not the decoding."""
+    import torch
+
+    from alexnet_mp.data import build_eval_loader
+    from alexnet_mp.data.synthetic import make_dataset
+
+    root = make_dataset(tmp_path / "d", classes=2, train_per_class=1, val_per_class=1, progress=False)
+    cfg = DataConfig(path=str(root), cache_dir=str(tmp_path / "c"))
+    assert build_eval_loader(cfg, batch_size=2).inner._args["device_id"] is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert build_eval_loader(cfg, batch_size=2).inner._args["device_id"] == 0
+    assert build_eval_loader(cfg, batch_size=2, device="cpu").inner._args["device_id"] is None
+    cpu = DataConfig(path=str(root), cache_dir=str(tmp_path / "c"), decode_device="cpu")
+    assert build_eval_loader(cpu, batch_size=2).inner._args["device_id"] is None

@@ -1,0 +1,79 @@
+"""The layer table against DESIGN.md section 1 and 3: counts derived, never typed into the code."""
+
+import pytest
+import torch
+
+from alexnet_mp import LAYERS, AlexNet, Column
+from alexnet_mp import layers as L
+
+
+def test_parameter_counts_match_the_paper():
+    assert L.total_params() == 60_965_224
+    assert L.column_params() == 30_482_612
+    assert sum(p.numel() for p in AlexNet().parameters()) == 60_965_224
+    for i in range(2):
+        assert sum(p.numel() for p in Column(i).parameters()) == 30_482_612
+
+
+def test_torchvision_alexnet_is_a_different_network():
+    import torchvision
+
+    assert sum(p.numel() for p in torchvision.models.alexnet().parameters()) == 61_100_840 != L.total_params()
+
+
+def test_neuron_counts_and_the_conv1_misprint():
+    neurons = {s.layer.name: s.neurons for s in L.shapes()}
+    assert neurons == {"conv1": 290_400, "conv2": 186_624, "conv3": 64_896, "conv4": 64_896,
+                       "conv5": 43_264, "fc6": 4096, "fc7": 4096, "fc8": 1000}
+    assert L.PAPER_NEURONS_PRINTED["conv1"] != neurons["conv1"]
+
+
+def test_exchanges_are_where_the_paper_has_them():
+    ex = {e.name: e.floats_per_sample for e in L.exchanges()}
+    assert ex == {"conv3": 21_632, "fc6": 4_608, "fc7": 2_048, "fc8": 2_048, "logits": 500}
+    assert [x.name for x in LAYERS if x.sees == "both"] == ["conv3", "fc6", "fc7", "fc8"]
+    # ~123 kB per column per sample forward; ~31.6 MB per column per step at 128 both ways
+    per_step = sum(L.exchange_bytes(128).values())
+    assert sum(ex.values()) * 4 == 123_344
+    assert 2 * per_step == 31_576_064
+
+
+def test_shapes_flow_through_the_model():
+    x = torch.zeros(1, *L.INPUT_SHAPE)
+    model = AlexNet(10, dropout=0.0)
+    seen = {}
+    for name in model.layer_names:
+        x = model.block(name, x)
+        seen[name] = tuple(x.shape[1:])
+    expected = {s.layer.name: s.next_shape if len(s.next_shape) == 1 or s.layer.name != "conv5"
+                else (s.next_shape[0] * s.next_shape[1] * s.next_shape[2],) for s in L.shapes(10)}
+    assert seen == expected
+
+
+def test_registration_order_and_initialisation():
+    torch.manual_seed(0)
+    model = AlexNet()
+    names = [n for n, _ in model.named_parameters()]
+    assert names == [f"{layer.name}.{p}" for layer in LAYERS for p in ("weight", "bias")]
+    for layer in LAYERS:
+        m = getattr(model, layer.name)
+        assert torch.all(m.bias == layer.bias_init)
+        assert abs(m.weight.std().item() - 0.01) < 0.001
+        assert abs(m.weight.mean().item()) < 0.001
+    assert {x.name for x in LAYERS if x.bias_init == 1.0} == {"conv2", "conv4", "conv5", "fc6", "fc7"}
+
+
+def test_grouped_layers_are_grouped_and_dense_layers_dense():
+    model = AlexNet()
+    assert [model.conv2.groups, model.conv4.groups, model.conv5.groups] == [2, 2, 2]
+    assert [model.conv1.groups, model.conv3.groups] == [1, 1]
+    assert model.conv3.weight.shape == (384, 256, 3, 3)  # conv3 sees both columns
+    assert Column(0).conv3.weight.shape == (192, 256, 3, 3)
+    assert Column(1).conv4.weight.shape == (192, 192, 3, 3)
+
+
+def test_bad_num_classes():
+    with pytest.raises(ValueError, match="even"):
+        L.layers(999)
+    with pytest.raises(ValueError):
+        L.exchange_bytes(0)
