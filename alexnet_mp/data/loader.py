@@ -71,7 +71,7 @@ def _gather(mp_group, parts: int):
 def _default_device(cfg: DataConfig, device):
     if device is not None:
         return torch.device(device)
-    if cfg.loader == "dali" and cfg.decode_device == "gpu":
+    if cfg.loader == "dali" and cfg.decode_device == "gpu" and torch.cuda.is_available():
         return torch.device("cuda")
     return None
 
@@ -83,11 +83,12 @@ def _make_inner(cfg, split, idx, *, offsets, mirror, shift, stats, batch_size, d
     if cfg.loader == "dali":
         from .dali import DaliBatches, dali_params, gpu_device_id
 
-        device_id = None
-        if cfg.decode_device != "cpu":
-            device_id = gpu_device_id(device if device is not None else ("cuda" if torch.cuda.is_available() else None))
-        if cfg.decode_device == "gpu" and device_id is None:
+        if cfg.decode_device == "gpu" and not torch.cuda.is_available():
             raise ConfigError("[data] decode_device = \"gpu\" but CUDA is not available; use \"auto\" or \"cpu\".")
+        device_id = None
+        wants_gpu = device is None or torch.device(device).type == "cuda"
+        if cfg.decode_device != "cpu" and torch.cuda.is_available() and wants_gpu:
+            device_id = gpu_device_id(device if device is not None else "cuda")  # "mixed" decoding
         params = dali_params(sizes, mirror, offsets, shift, stats, ten_crop=ten_crop)
         return DaliBatches(files=files, labels=labels, params=params, batch_size=batch_size, threads=max(1, cfg.threads),
                            prefetch=cfg.prefetch, device_id=device_id, ten_crop=ten_crop,
