@@ -126,3 +126,12 @@ def test_registry_lists_hybrid_as_coming_and_the_rest_as_runnable():
     assert strategies.available() == ["paper", "single", "data-parallel"]
     assert strategies.STRATEGIES["hybrid"].build is None and strategies.STRATEGIES["hybrid"].coming
     assert strategies.STRATEGIES["data-parallel"].local_batch(128) == 64
+
+
+def test_a_folder_with_more_classes_than_fc8_is_refused(tmp_path):
+    for split in ("train", "val"):
+        for k in range(3):
+            (tmp_path / split / f"class{k}").mkdir(parents=True)
+            (tmp_path / split / f"class{k}" / "a.jpg").touch()  # counted, not decoded, by dataset_info
+    with pytest.raises(UserError, match="3 classes but fc8 has --num-classes 2; give --num-classes 4"):
+        ProfileConfig(data=str(tmp_path), num_classes=2)

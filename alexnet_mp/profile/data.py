@@ -22,8 +22,8 @@ from ..errors import DataError
 SYNTHETIC = "synthetic"
 
 
-def check_source(source: str) -> None:
-    """Fail early, in the parent, on a folder that is missing or a loader that is not there."""
+def check_source(source: str, num_classes: int) -> None:
+    """Fail early, in the parent, on a folder that is missing, too many classes, or no loader."""
     if source == SYNTHETIC:
         return
     root = Path(source)
@@ -31,10 +31,14 @@ def check_source(source: str) -> None:
         raise DataError(f"--data {source!r}: no folder {root / 'train'} — give an ImageNet-style folder "
                         "(train/<class>/*.jpg), or 'synthetic' for random tensors of the right shape.")
     try:
-        import alexnet_mp.data  # noqa: F401
+        from alexnet_mp.data import dataset_info
     except ImportError as err:
         raise DataError(f"--data {source!r}: reading a folder needs the alexnet_mp.data loader, which is "
                         f"not installed here ({err}); use --data synthetic.") from None
+    classes = dataset_info(root).num_classes
+    if classes > num_classes:
+        raise DataError(f"--data {source!r} has {classes} classes but fc8 has --num-classes {num_classes}; "
+                        f"give --num-classes {classes + classes % 2} or more (even).")
 
 
 def synthetic(batch: int, *, device: torch.device, num_classes: int, seed: int, part: int) -> Iterator:

@@ -27,7 +27,7 @@ def format_strategy(s: dict) -> list[str]:
     lines = [f"{s['name']} — {s['summary']} [{where}, batch {s['batch_per_device']} per device]"]
     head = (f"  {'device':<18}{'params':>9}{'grads':>9}{'optim':>9}{'activ':>9}{'peak':>9}{'RSS':>9}"
             f"{'GFLOP':>9}{'step s':>9}{'compute':>9}{'comm':>8}{'data':>8}")
-    lines += [head + "   (MiB; s: medians)"]
+    lines += [head + "   (MiB; s: medians; RSS: reserved on CUDA)"]
     for r in s["ranks"]:
         m, t = r["memory"], r["time"]
         rss = m["cuda_max_reserved"] if m["cuda_max_reserved"] is not None else m["peak_rss"]

@@ -75,7 +75,7 @@ class ProfileConfig:
                             f"{L.COLUMNS} columns); got {self.num_classes}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device {self.device!r} is not accepted; use cpu, cuda or auto.")
-        data.check_source(self.data)
+        data.check_source(self.data, self.num_classes)
 
 
 def under_torchrun() -> bool:
@@ -256,12 +256,20 @@ def _mb(n: float) -> str:
 def run(cfg: ProfileConfig) -> dict | None:
     """Profile every strategy of ``cfg``; the report, or None on torchrun ranks other than 0."""
     torchrun = under_torchrun()
-    if torchrun and not dist.is_initialized():
-        device = resolve_device(cfg)
+    device = resolve_device(cfg)
+    owned = torchrun and not dist.is_initialized()
+    if owned:
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    device = resolve_device(cfg)
+    try:
+        return _run(cfg, device, torchrun)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _run(cfg: ProfileConfig, device: str, torchrun: bool) -> dict | None:
     threads = CPU_THREADS if not torchrun else torch.get_num_threads() * L.COLUMNS
     spec = RunSpec(batch_size=cfg.batch_size, steps=cfg.steps, warmup=cfg.warmup, data=cfg.data,
                    num_classes=cfg.num_classes, seed=cfg.seed, cpu_threads=threads)
