@@ -48,7 +48,8 @@ def _entry(rank: int, fn: Callable, world: int, backend: str, port: int, outdir:
         try:
             result = {"ok": fn(rank, world, *args)}
         finally:
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                dist.destroy_process_group()
     except UserError as err:
         result = {"user_error": err}
     except BaseException:  # noqa: BLE001 - report every failure to the parent, then exit

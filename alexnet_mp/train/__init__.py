@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, evaluation and what a run shows."""

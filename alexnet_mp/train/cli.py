@@ -1,0 +1,102 @@
+"""``alexnet-mp eval``, ``export`` and ``filters``: what to do with a training checkpoint."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+import torch
+
+from ..errors import UserError
+from . import checkpoint as ckpt
+
+
+def _resolve(path: str) -> Path:
+    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+    p = Path(path)
+    if (p / ckpt.META).exists() or not p.is_dir():
+        return p
+    found = ckpt.latest(p) or ckpt.latest(p.parent if p.name == "checkpoints" else p)
+    if found is None:
+        raise UserError(f"{p} holds no complete checkpoint (looked for {p}/checkpoints/step-N/{ckpt.META}).")
+    return found
+
+
+def _atomic_write(out: Path, write) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@click.command("export")
+@click.argument("checkpoint")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the state dict (.pt).")
+def export_command(checkpoint: str, out: str) -> None:
+    """A checkpoint (or run folder) -> one state dict for alexnet_mp.AlexNet.
+
+    Load it with torch.load(path, weights_only=True).
+    """
+    path = _resolve(checkpoint)
+    state, meta = ckpt.reference_state(path)
+    _atomic_write(Path(out), lambda tmp: torch.save(state, tmp))
+    click.echo(f"wrote {out}: AlexNet({meta['num_classes']}) state dict, {sum(v.numel() for v in state.values()):,} "
+               f"parameters, from {path} (step {meta['global_step']})")
+
+
+@click.command("filters")
+@click.argument("checkpoint")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+def filters_command(checkpoint: str, out: str) -> None:
+    """The paper's Figure 3: conv1 kernels of each column, with colour specificity."""
+    from .figures import column_specificity, figure3
+
+    path = _resolve(checkpoint)
+    state, _ = ckpt.reference_state(path)
+    weight = state["conv1.weight"]
+    _atomic_write(Path(out), lambda tmp: figure3(weight).save(tmp, format="PNG"))
+    spec = column_specificity(weight)
+    click.echo(f"wrote {out}: " + ", ".join(f"column {c} colour specificity {s:.3f}" for c, s in enumerate(spec)))
+
+
+@click.command("eval")
+@click.argument("checkpoint")
+@click.option("--data", "data_path", required=True, help="Dataset root with val/<class>/*.jpg.")
+@click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's ten patches.")
+@click.option("--batch-size", type=int, default=50, show_default=True)
+@click.option("--loader", type=click.Choice(["dali", "torchvision"]), default="dali", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def eval_command(checkpoint: str, data_path: str, ten_crop: bool, batch_size: int, loader: str, device: str) -> None:
+    """Top-1 and top-5 error of a checkpoint on DIR/val (the single-device model, one process)."""
+    from ..data import DataConfig, build_eval_loader, dataset_info
+    from ..model import AlexNet
+    from .evaluate import evaluate
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but CUDA is not available; use cpu or auto.")
+    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    path = _resolve(checkpoint)
+    state, meta = ckpt.reference_state(path)
+    info = dataset_info(data_path)
+    if info.num_classes > meta["num_classes"]:
+        raise UserError(f"{data_path} has {info.num_classes} classes but {path} predicts {meta['num_classes']}.")
+    model = AlexNet(meta["num_classes"]).to(dev)
+    model.load_state_dict(state)
+    cfg = DataConfig(path=data_path, loader=loader)
+    results = evaluate(model, build_eval_loader(cfg, batch_size=batch_size, ten_crop=ten_crop, device=dev),
+                       ten_crop=ten_crop)
+    how = "ten patches" if ten_crop else "centre crop"
+    click.echo(f"{path} on {data_path}/val ({results['images']} images, {how}): "
+               f"top-1 error {results['top1_error']:.4f}, top-5 error {results['top5_error']:.4f}")
+
+
+COMMANDS = [eval_command, export_command, filters_command]

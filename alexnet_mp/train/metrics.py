@@ -1,0 +1,212 @@
+"""What a run shows: the console banner and progress line, and TensorBoard.
+
+TensorBoard tags, grouped by prefix (torchtitan's habit):
+
+* ``loss/train``, ``lr``, ``error/train_top1``, ``error/train_top5``
+* ``error/val_top1_centre``, ``error/val_top5_centre``, ``error/val_top1_10crop``, ``error/val_top5_10crop``
+* ``throughput/images_per_s``, ``time/data_wait_s``, ``time/step_s``
+* ``memory/rank<r>/…``: CUDA ``max_allocated_GiB`` and ``max_reserved_GiB``, or the process's
+  ``rss_GiB`` and ``peak_rss_GiB`` on the CPU
+* ``exchange/<name>/{forward,backward}_bytes`` and ``…_seconds`` per step (column 0's view;
+  both columns send the same), ``exchange/total_bytes_per_step``, ``exchange/dp_allreduce_bytes``
+* ``filters/column<c>`` (images, the paper's Figure 3) and ``filters/colour_specificity/column<c>``
+* ``config`` (text), hparams with the final metrics, and at the end the projector:
+  fc7 features of validation images with their thumbnails (the paper's Figure 4).
+
+Only rank 0 writes; per-rank figures are gathered to it at logging steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..exchange import DIRECTIONS
+from .figures import column_specificity, kernel_grid
+
+GiB = 1024**3
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0
+
+
+def device_memory(devices) -> dict[str, float]:
+    """This process's memory: CUDA peaks when on a GPU, else resident set size."""
+    cuda = [d for d in dict.fromkeys(devices) if d.type == "cuda"]
+    if cuda:
+        return {"max_allocated_GiB": sum(torch.cuda.max_memory_allocated(d) for d in cuda) / GiB,
+                "max_reserved_GiB": sum(torch.cuda.max_memory_reserved(d) for d in cuda) / GiB}
+    return {"rss_GiB": _rss_bytes() / GiB, "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB}
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Metrics:
+    def __init__(self, cfg, layout, run_dir: Path, info) -> None:
+        self.cfg, self.layout, self.run_dir, self.info = cfg, layout, run_dir, info
+        self.writer = None
+        if layout.is_main and cfg.metrics.enable_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+            self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
+        self.start = time.perf_counter()
+        self.window: list[tuple[float, float, int]] = []  # (step_s, data_s, images)
+
+    # -- console -----------------------------------------------------------------------
+
+    def note(self, message: str) -> None:
+        if self.layout.is_main:
+            print(f"[alexnet-mp] {message}", file=sys.stderr, flush=True)
+
+    def banner(self, model, steps_per_epoch: int | None) -> None:
+        if not self.layout.is_main:
+            return
+        c, lay, info = self.cfg, self.layout, self.info
+        per_step = c.training.batch_size * lay.dp_size
+        lines = [
+            f"alexnet-mp training run '{c.job.name}' -> {self.run_dir}",
+            f"  placement: {lay.describe()}",
+            f"  data: {info.root} ({info.num_classes} classes, {info.num_train} train / {info.num_val} val images), "
+            f"loader {c.data.loader}",
+            f"  batch: {c.training.batch_size} per model x {lay.dp_size} replica(s) = {per_step} images per step"
+            + (f", {steps_per_epoch} steps per epoch" if steps_per_epoch else ""),
+            f"  recipe: SGD lr {c.optimizer.lr:g} momentum {c.optimizer.momentum:g} weight decay "
+            f"{c.optimizer.weight_decay:g}; lr x{c.lr_scheduler.factor:g} on a val plateau (at most "
+            f"{c.lr_scheduler.max_reductions}x); dropout {c.model.dropout:g}; {c.training.epochs} epochs"
+            + (f", at most {c.training.max_steps} steps" if c.training.max_steps else ""),
+            f"  parameters: {sum(p.numel() for p in model.parameters()):,} in this process",
+        ]
+        if self.writer is not None:
+            lines.append(f"  tensorboard --logdir {self.run_dir.parent}  (binds to localhost)")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    # -- per step ----------------------------------------------------------------------
+
+    def _gather(self, obj):
+        if not self.layout.distributed:
+            return [obj]
+        out = [None] * self.layout.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def step(self, step: int, epoch: int, step_in_epoch: int, steps: int, *, loss, logits, labels, lr: float,
+             data_s: float, step_s: float, stats, dp_bytes: int) -> None:
+        images = len(labels) * self.layout.dp_size
+        self.window.append((step_s, data_s, images))
+        if step % self.cfg.metrics.log_freq and step_in_epoch != steps:
+            return
+        per_rank = self._gather({"memory": device_memory(self.layout.devices), "stats": stats.as_dict()})
+        if not self.layout.is_main:
+            self.window.clear()
+            return
+        with torch.no_grad():
+            top = logits.detach().float().topk(min(5, logits.shape[-1]), -1).indices.cpu()
+            hits = top == labels.cpu()[:, None]
+            top1, top5 = 1 - hits[:, 0].float().mean().item(), 1 - hits.any(1).float().mean().item()
+        n = len(self.window)
+        mean_step = sum(s for s, _, _ in self.window) / n
+        mean_data = sum(d for _, d, _ in self.window) / n
+        rate = sum(i for _, _, i in self.window) / max(1e-9, sum(s + d for s, d, _ in self.window))
+        self.window.clear()
+        loss_v = loss.item()
+        w = self.writer
+        if w is not None:
+            for tag, v in (("loss/train", loss_v), ("lr", lr), ("error/train_top1", top1), ("error/train_top5", top5),
+                           ("throughput/images_per_s", rate), ("time/data_wait_s", mean_data),
+                           ("time/step_s", mean_step), ("exchange/dp_allreduce_bytes", dp_bytes)):
+                w.add_scalar(tag, v, step)
+            for r, item in enumerate(per_rank):
+                for k, v in item["memory"].items():
+                    w.add_scalar(f"memory/rank{r}/{k}", v, step)
+            col0 = per_rank[0]["stats"].get("0") or next(iter(per_rank[0]["stats"].values()), {})
+            total = 0
+            for name, per in col0.items():
+                for d in DIRECTIONS:
+                    w.add_scalar(f"exchange/{name}/{d}_bytes", per[d]["bytes"], step)
+                    w.add_scalar(f"exchange/{name}/{d}_seconds", per[d]["seconds"], step)
+                    total += per[d]["bytes"]
+            w.add_scalar("exchange/total_bytes_per_step", total, step)
+        c = self.cfg
+        remaining = (c.training.epochs - epoch) * steps - step_in_epoch
+        if c.training.max_steps:
+            remaining = min(remaining, c.training.max_steps - step)
+        print(f"epoch {epoch + 1}/{c.training.epochs} step {step_in_epoch}/{steps} (global {step}) | "
+              f"loss {loss_v:.4f} top1-err {top1:.3f} lr {lr:.1e} | {rate:.1f} img/s, data {mean_data:.2f}s, "
+              f"step {mean_step:.2f}s | elapsed {_fmt_time(time.perf_counter() - self.start)} "
+              f"ETA {_fmt_time(remaining * (mean_step + mean_data))}", file=sys.stderr, flush=True)
+
+    def validation(self, step: int, epoch: int, results: dict[str, float], lr: float) -> None:
+        if not self.layout.is_main:
+            return
+        if self.writer is not None:
+            for k, v in results.items():
+                self.writer.add_scalar("error/val_" + k.removeprefix("val_").replace("_error", ""), v, step)
+        shown = ", ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in results.items())
+        print(f"validation after epoch {epoch} (step {step}): {shown}", file=sys.stderr, flush=True)
+
+    def filters(self, model, step: int) -> None:
+        """Figure 3: each column's conv1 kernels and colour specificity."""
+        mine = {c.index: c.conv1.weight.detach().cpu() for c in model.columns.values()}
+        gathered = self._gather(mine) if self.layout.distributed else [mine]
+        if self.writer is None:
+            return
+        columns: dict[int, torch.Tensor] = {}
+        for part in gathered:
+            columns.update(part)
+        weight = torch.cat([columns[c] for c in sorted(columns)])
+        for c, s in enumerate(column_specificity(weight)):
+            self.writer.add_scalar(f"filters/colour_specificity/column{c}", s, step)
+            self.writer.add_image(f"filters/column{c}", kernel_grid(columns[c]), step)
+
+    # -- the end -----------------------------------------------------------------------
+
+    def finish(self, model, final: dict[str, float], loader, step: int) -> None:
+        self.filters(model, step)
+        n = self.cfg.metrics.projector_images
+        feats, thumbs, labels = [], [], []
+        if n and self.cfg.metrics.enable_tensorboard:
+            from .evaluate import evaluate
+
+            def keep(fc7, images, y):
+                feats.append(fc7)
+                thumbs.append(torch.nn.functional.interpolate(images, size=(48, 48), mode="area"))
+                labels.append(y)
+
+            batches = -(-n // self.cfg.validation.batch_size)
+            evaluate(model, itertools.islice(loader, batches), ten_crop=False, dp_group=None, on_features=keep)
+        if self.writer is None:
+            return
+        if feats:
+            x = torch.cat(thumbs)[:n]
+            x = (x - x.amin(dim=(1, 2, 3), keepdim=True)) / (x.amax(dim=(1, 2, 3), keepdim=True)
+                                                            - x.amin(dim=(1, 2, 3), keepdim=True)).clamp_min(1e-6)
+            names = [self.info.classes[i] for i in torch.cat(labels)[:n].tolist()]
+            self.writer.add_embedding(torch.cat(feats)[:n], metadata=names, label_img=x, global_step=step, tag="fc7")
+        c = self.cfg
+        hparams = {"lr": c.optimizer.lr, "batch_size": c.training.batch_size, "momentum": c.optimizer.momentum,
+                   "weight_decay": c.optimizer.weight_decay, "dropout": c.model.dropout, "lrn_alpha": c.model.lrn_alpha,
+                   "world_size": self.layout.world_size, "loader": c.data.loader}
+        self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
+        self.note(f"finished at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

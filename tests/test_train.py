@@ -1,0 +1,305 @@
+"""Training: configs, the split trains like one device, exact resume, faults, TensorBoard, exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet_mp.config import load_config
+from alexnet_mp.errors import CheckpointError, ConfigError, DistributedError
+from alexnet_mp.spawn import run_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from alexnet_mp.data import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("ds") / "tiny", classes=2, train_per_class=24, val_per_class=6,
+                        seed=1, progress=False)
+
+
+def config(dataset, tmp_path, **overrides):
+    sets = {"job.dump_folder": str(tmp_path / "runs"), "job.name": "t", "data.path": str(dataset),
+            "data.loader": "torchvision", "data.threads": 0, "data.cache_dir": str(tmp_path / "cache"),
+            "training.batch_size": 4, "training.epochs": 1, "training.device": "cpu", "model.dropout": 0.0,
+            "validation.batch_size": 6, "validation.ten_crop": "never", "metrics.projector_images": 0,
+            "metrics.enable_tensorboard": False, "checkpoint.interval": 0, "metrics.log_freq": 1000}
+    sets.update(overrides)
+    return load_config(None, [f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
+                              for k, v in sets.items()])
+
+
+def run_trainer(cfg):
+    from alexnet_mp.train.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+        weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        return trainer.losses, weights
+    finally:
+        trainer.close()
+
+
+# --- configuration ---------------------------------------------------------------------
+
+def test_configs_in_the_repo_load():
+    for name in ("paper", "quickstart"):
+        cfg = load_config(ROOT / "configs" / f"{name}.toml")
+        assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4
+    paper = load_config(ROOT / "configs" / "paper.toml")
+    assert (paper.training.batch_size, paper.optimizer.lr, paper.model.dropout, paper.lr_scheduler.max_reductions) == \
+        (128, 0.01, 0.5, 3)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[trainng]\nx = 1", "unknown section [trainng]; accepted: [job]"),
+    ("[training]\nbatchsize = 3", "unknown key training.batchsize; [training] accepts: batch_size"),
+    ("[training]\nbatch_size = \"big\"", "[training] batch_size = 'big' has the wrong type; it must be a int"),
+    ("[training]\nbatch_size = 0", "[training] batch_size = 0 is not accepted"),
+    ("[optimizer]\nlr = -1.0", "[optimizer] lr = -1.0 is not accepted: a positive number"),
+    ("[data]\nloader = \"pil\"", "[data] loader = 'pil' is not accepted"),
+    ("[training\n", "is not valid TOML"),
+])
+def test_bad_config_is_named(tmp_path, text, needle):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value)
+    assert str(path) in str(err.value) or "[" in str(err.value)
+
+
+def test_overrides_and_missing_file(tmp_path):
+    cfg = load_config(None, ["training.batch_size=64", "data.loader=torchvision", "validation.ten_crop=end"])
+    assert cfg.training.batch_size == 64 and cfg.data.loader == "torchvision" and cfg.validation.ten_crop == "end"
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["batch_size=3"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_world_size_the_model_cannot_use(monkeypatch):
+    from alexnet_mp.train.distributed import setup
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(DistributedError, match="3 processes.*multiple of 2"):
+        setup("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="data_parallel = 3 does not match"):
+        setup("cpu", data_parallel=3)
+
+
+def test_missing_data_is_reported_before_any_work(tmp_path):
+    from alexnet_mp.errors import DataError
+
+    cfg = config(tmp_path / "nowhere", tmp_path)
+    with pytest.raises(DataError, match="nowhere"):
+        run_trainer(cfg)
+
+
+# --- the split trains like one device --------------------------------------------------
+
+def single_device_losses(cfg, steps):
+    """The same recipe on alexnet_mp.AlexNet with the same batches."""
+    from alexnet_mp import AlexNet
+    from alexnet_mp.data import build_train_loader
+
+    torch.manual_seed(cfg.job.seed)
+    model = AlexNet(2, dropout=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for images, labels in build_train_loader(cfg.data, batch_size=cfg.training.batch_size, seed=cfg.job.seed, epoch=0):
+        loss = F.cross_entropy(model(images), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if len(losses) == steps:
+            break
+    return losses
+
+
+def _split_worker(rank, world, cfg):
+    return run_trainer(cfg)[0]
+
+
+def test_twenty_split_steps_give_the_single_device_losses(dataset, tmp_path):
+    """Dropout off, same seed: 20 steps of the two-process split = 20 steps of AlexNet (<= 1e-4)."""
+    cfg = config(dataset, tmp_path, **{"training.max_steps": 20, "training.epochs": 2, "checkpoint.enable": False,
+                                        "optimizer.lr": 0.001})
+    split = run_workers(_split_worker, 2, (cfg,), threads=1)
+    assert len(split[0]) == 20 and split[0] == split[1]
+    reference = single_device_losses(cfg, 12) + [None] * 8  # one epoch of the tiny set is 12 steps
+    for a, b in zip(split[0], reference):
+        if b is not None:
+            assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
+
+
+# --- checkpoints and resume ------------------------------------------------------------
+
+def test_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
+    base = {"training.epochs": 2, "checkpoint.interval": 3, "model.dropout": 0.5}  # dropout on: RNG is restored too
+    _, uninterrupted = run_trainer(config(dataset, tmp_path / "a", **{**base, "training.max_steps": 17}))
+    first, _ = run_trainer(config(dataset, tmp_path / "b", **{**base, "training.max_steps": 7}))
+    assert len(first) == 7
+    from alexnet_mp.train import checkpoint as ckpt
+
+    assert ckpt.latest(tmp_path / "b" / "runs" / "t").name == "step-0000007"
+    second, resumed = run_trainer(config(dataset, tmp_path / "b", **{**base, "training.max_steps": 17}))
+    assert len(second) == 10  # steps 8..17, across the epoch boundary at 12
+    for k in uninterrupted:
+        assert torch.equal(uninterrupted[k], resumed[k]), k
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
+    from alexnet_mp.train import checkpoint as ckpt
+    from alexnet_mp.train.trainer import TrainingError
+
+    cfg = config(dataset, tmp_path, **{"checkpoint.interval": 2, "debug.inject_nan_at_step": 5})
+    with pytest.raises(TrainingError, match="not finite at step 5"):
+        run_trainer(cfg)
+    run = tmp_path / "runs" / "t"
+    assert ckpt.latest(run).name == "step-0000004"
+    assert ckpt.read_meta(ckpt.latest(run))["global_step"] == 4
+
+
+def test_truncated_and_foreign_checkpoints_are_refused_untouched(dataset, tmp_path):
+    from alexnet_mp.train import checkpoint as ckpt
+
+    cfg = config(dataset, tmp_path, **{"training.max_steps": 2})
+    run_trainer(cfg)
+    latest = ckpt.latest(tmp_path / "runs" / "t")
+    data = sorted(latest.glob("*.distcp"))[0]
+    data.write_bytes(data.read_bytes()[:1000])  # truncate a data file
+    before = {p.name: p.stat().st_size for p in latest.iterdir()}
+    with pytest.raises(CheckpointError, match="could not be read"):
+        run_trainer(config(dataset, tmp_path, **{"training.max_steps": 4}))
+    assert {p.name: p.stat().st_size for p in latest.iterdir()} == before
+    (latest / "meta.json").write_text(json.dumps({"format": "someone-else/1"}))
+    with pytest.raises(CheckpointError, match="not written by this version"):
+        run_trainer(config(dataset, tmp_path, **{"training.max_steps": 4}))
+    (latest / "meta.json").write_text(json.dumps({"format": ckpt.FORMAT, "num_classes": 4, "batch_size": 4, "seed": 0,
+                                                  "global_step": 2}))
+    with pytest.raises(CheckpointError, match="num_classes = 4"):
+        run_trainer(config(dataset, tmp_path, **{"training.max_steps": 4}))
+
+
+def test_a_crash_mid_save_leaves_the_last_checkpoint(dataset, tmp_path):
+    from alexnet_mp.train import checkpoint as ckpt
+
+    run_trainer(config(dataset, tmp_path, **{"training.max_steps": 2}))
+    run = tmp_path / "runs" / "t"
+    partial = ckpt.checkpoint_dir(run) / "step-0000009.partial"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"half")
+    assert ckpt.latest(run).name == "step-0000002"
+    losses, _ = run_trainer(config(dataset, tmp_path, **{"training.max_steps": 3}))
+    assert len(losses) == 1  # resumed at step 2, not from the broken folder
+
+
+# --- under torchrun ---------------------------------------------------------------------
+
+def torchrun(args, cwd, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+def overrides(dataset, tmp_path, **extra):
+    sets = {"job.dump_folder": str(tmp_path / "runs"), "job.name": "tr", "data.path": str(dataset),
+            "data.cache_dir": str(tmp_path / "cache"), "training.batch_size": 4, "training.epochs": 1,
+            "training.device": "cpu", "validation.batch_size": 6, "validation.ten_crop": "end",
+            "metrics.projector_images": 8, "metrics.log_freq": 2, "checkpoint.interval": 3}
+    sets.update(extra)
+    out = []
+    for k, v in sets.items():
+        out += ["--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}"]
+    return out
+
+
+def test_torchrun_restart_after_sigkill_completes_and_tensorboard_has_every_tag(dataset, tmp_path):
+    proc = torchrun(["--standalone", "--nproc_per_node=2", "--max-restarts=1", str(ROOT / "launch" / "train.py"),
+                     *overrides(dataset, tmp_path, **{"debug.kill_at_step": 5})], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "kills itself after step 5" in log and "resumed from" in log and "step-0000003" in log
+    assert "finished at step 12" in log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "runs" / "tr" / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = set(tags["scalars"])
+    for tag in ("loss/train", "lr", "error/train_top1", "error/train_top5", "throughput/images_per_s",
+                "time/data_wait_s", "time/step_s", "error/val_top1_centre", "error/val_top5_centre",
+                "error/val_top1_10crop", "error/val_top5_10crop", "memory/rank0/peak_rss_GiB",
+                "memory/rank1/rss_GiB", "exchange/conv3/forward_bytes", "exchange/logits/backward_seconds",
+                "exchange/total_bytes_per_step", "filters/colour_specificity/column0",
+                "filters/colour_specificity/column1"):
+        assert tag in scalars, tag
+    assert {"filters/column0", "filters/column1"} <= set(tags["images"])
+    assert "config/text_summary" in tags["tensors"]
+    total = acc.Scalars("exchange/total_bytes_per_step")[-1].value
+    assert total == 2 * 4 * 4 * (21_632 + 4_608 + 2_048 + 2_048 + 1)  # batch 4, fp32, 2 classes -> 1 logit per column
+    projector = list((tmp_path / "runs" / "tr" / "tb").rglob("projector_config.pbtxt"))
+    assert projector, "no projector embedding"
+    assert list((tmp_path / "runs" / "tr" / "tb").rglob("sprite.png"))
+
+
+def test_export_filters_and_eval_commands(dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from alexnet_mp import AlexNet
+    from alexnet_mp.cli import main
+
+    run_trainer(config(dataset, tmp_path, **{"training.max_steps": 2}))
+    run = tmp_path / "runs" / "t"
+    out = tmp_path / "model.pt"
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    state = torch.load(out, weights_only=True)
+    model = AlexNet(2)
+    model.load_state_dict(state)
+    _, trained = run_trainer(config(dataset, tmp_path / "again", **{"training.max_steps": 2}))
+    assert torch.equal(state["conv1.weight"][48:], trained["columns.column1.conv1.weight"])
+    png = tmp_path / "conv1.png"
+    result = CliRunner().invoke(main, ["filters", str(run), "--out", str(png)])
+    assert result.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "column 1 colour specificity" in result.output
+    result = CliRunner().invoke(main, ["eval", str(run), "--data", str(dataset), "--loader", "torchvision"])
+    assert result.exit_code == 0, result.output
+    assert "12 images" in result.output and "top-1 error" in result.output
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "nothing"), "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_sigterm_saves_and_exits_cleanly(dataset, tmp_path):
+    args = [sys.executable, str(ROOT / "launch" / "train.py"),
+            *overrides(dataset, tmp_path, **{"training.epochs": 50, "metrics.log_freq": 1, "checkpoint.interval": 0,
+                                             "metrics.enable_tensorboard": False})]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "(global 2)" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log[-3000:]
+    assert "stopped by signal 15" in log
+    from alexnet_mp.train import checkpoint as ckpt
+
+    step = ckpt.read_meta(ckpt.latest(tmp_path / "runs" / "tr"))["global_step"]
+    assert step >= 2
