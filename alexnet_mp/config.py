@@ -283,7 +283,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         section, key, value = _parse_override(item)
         tables.setdefault(section, {})[key] = value
-        source = f"{source} with --set"
+    if overrides:
+        source = f"{source} with --set overrides"
     sections = {f.name: f for f in fields(Config)}
     unknown = [s for s in tables if s not in sections]
     if unknown:

@@ -149,7 +149,8 @@ def test_twenty_split_steps_give_the_single_device_losses(dataset, tmp_path):
 # --- checkpoints and resume ------------------------------------------------------------
 
 def test_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
-    base = {"training.epochs": 2, "checkpoint.interval": 3, "model.dropout": 0.5}  # dropout on: RNG is restored too
+    base = {"training.epochs": 2, "checkpoint.interval": 3, "model.dropout": 0.5,  # dropout on: RNG is restored too
+            "optimizer.lr": 0.001}
     _, uninterrupted = run_trainer(config(dataset, tmp_path / "a", **{**base, "training.max_steps": 17}))
     first, _ = run_trainer(config(dataset, tmp_path / "b", **{**base, "training.max_steps": 7}))
     assert len(first) == 7
@@ -220,11 +221,11 @@ def overrides(dataset, tmp_path, **extra):
     sets = {"job.dump_folder": str(tmp_path / "runs"), "job.name": "tr", "data.path": str(dataset),
             "data.cache_dir": str(tmp_path / "cache"), "training.batch_size": 4, "training.epochs": 1,
             "training.device": "cpu", "validation.batch_size": 6, "validation.ten_crop": "end",
-            "metrics.projector_images": 8, "metrics.log_freq": 2, "checkpoint.interval": 3}
+            "metrics.projector_images": 8, "metrics.log_freq": 2, "checkpoint.interval": 3, "optimizer.lr": 0.001}
     sets.update(extra)
     out = []
     for k, v in sets.items():
-        out += ["--set", f"{k}={json.dumps(v) if isinstance(v, str) else v}"]
+        out += ["--set", f"{k}={json.dumps(v)}"]
     return out
 
 

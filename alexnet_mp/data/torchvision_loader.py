@@ -71,7 +71,10 @@ class TorchvisionBatches:
     def __init__(self, dataset: PlannedImages, *, batch_size: int, threads: int, prefetch: int, pin_memory: bool):
         self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
                                  num_workers=threads, prefetch_factor=prefetch if threads else None,
-                                 pin_memory=pin_memory, worker_init_fn=_quiet_worker if threads else None)
+                                 pin_memory=pin_memory, worker_init_fn=_quiet_worker if threads else None,
+                                 # its own generator: a DataLoader iterator otherwise draws its base seed
+                                 # from the global RNG, shifting dropout masks and breaking exact resume
+                                 generator=torch.Generator().manual_seed(0))
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -1,0 +1,117 @@
+"""Training-step speed of the faithful net, side by side in one run, as medians.
+
+    python benchmarks/step.py --device cpu --batch-size 16          # this CPU box: ratios
+    python benchmarks/step.py --device cuda --batch-size 128         # one GPU: images/s, fp32 and bf16
+
+Variants: the single-device AlexNet with the fast LRN and with nn.LocalResponseNorm, both
+columns in one process (the split's one-process placement) and torchvision's alexnet
+(the 2014 one-device network, for scale). On CUDA each runs in fp32 and in bf16 autocast
+with channels_last, and optionally under torch.compile. Synthetic data: the loader is
+measured by benchmarks/loader.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from alexnet_mp import AlexNet  # noqa: E402
+from alexnet_mp.parallel import split_in_one_process  # noqa: E402
+
+
+def build(name: str, device: torch.device, classes: int):
+    if name == "alexnet-fast-lrn":
+        return AlexNet(classes).to(device)
+    if name == "alexnet-torch-lrn":
+        return AlexNet(classes, lrn_impl="torch").to(device)
+    if name == "split-one-process":
+        return split_in_one_process([device, device], num_classes=classes)
+    if name == "torchvision-alexnet":
+        import torchvision
+
+        return torchvision.models.alexnet(num_classes=classes).to(device)
+    raise ValueError(name)
+
+
+def measure(name, device, batch, steps, warmup, *, bf16=False, channels_last=False, compile_=False, classes=1000):
+    torch.manual_seed(0)
+    model = build(name, device, classes)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,), device=device)
+    fwd = torch.compile(model) if compile_ else model
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(fwd(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"variant": name, "bf16": bf16, "channels_last": channels_last, "compile": compile_, "batch": batch,
+            "median_step_s": med, "images_per_s": batch / med}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (CUDA)")
+    p.add_argument("--json", help="write the rows here")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    names = ["alexnet-fast-lrn", "alexnet-torch-lrn", "split-one-process", "torchvision-alexnet"]
+    modes = [dict()]
+    if device.type == "cuda":
+        modes = [dict(), dict(bf16=True, channels_last=True)]
+        if a.compile:
+            modes.append(dict(bf16=True, channels_last=True, compile_=True))
+    rows = []
+    for mode in modes:
+        for name in names:
+            rows.append(measure(name, device, a.batch_size, a.steps, a.warmup, **mode))
+            r = rows[-1]
+            print(f"{name:<22} bf16={str(r['bf16']):<5} channels_last={str(r['channels_last']):<5} "
+                  f"compile={str(r['compile']):<5} step {r['median_step_s'] * 1e3:8.1f} ms  {r['images_per_s']:9.1f} img/s",
+                  flush=True)
+    base = {(r["bf16"], r["compile"]): r for r in rows if r["variant"] == "torchvision-alexnet"}
+    for r in rows:
+        r["vs_torchvision_step"] = r["median_step_s"] / base[(r["bf16"], r["compile"])]["median_step_s"]
+    print("\nstep time relative to torchvision's alexnet in the same mode:")
+    for r in rows:
+        print(f"  {r['variant']:<22} bf16={r['bf16']!s:<5} compile={r['compile']!s:<5} {r['vs_torchvision_step']:.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                                            "torch": torch.__version__, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
