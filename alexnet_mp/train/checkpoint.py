@@ -148,7 +148,7 @@ def load(path: str | Path, *, model, optimizer, rank: int, devices) -> tuple[dic
     path = Path(path)
     read_meta(path)
     state = _state(model, optimizer, rank, devices, {}, {})
-    trainer_keys = ("epoch", "step_in_epoch", "global_step", "samples_seen")
+    trainer_keys = ("epoch", "step_in_epoch", "global_step", "samples_seen", "lr")
     state["trainer"] = {k: 0 for k in trainer_keys}
     state["scheduler"] = {}
     try:
@@ -159,7 +159,16 @@ def load(path: str | Path, *, model, optimizer, rank: int, devices) -> tuple[dic
         raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
                               "It may be truncated or from a different model or world layout; nothing was "
                               "overwritten. Remove it to fall back to an earlier checkpoint.") from None
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    # Across processes the loaded param_groups came back without some hyperparameters
+    # (KeyError 'momentum' after a restart); the run's own values fill the gaps, and the
+    # lr — the one the schedule changes — is restored from the trainer state.
+    for group, own in zip(optimizer.param_groups, hyper):
+        for k, v in own.items():
+            group.setdefault(k, v)
+        if "lr" in state["trainer"]:
+            group["lr"] = float(state["trainer"]["lr"])
     rng = state.get(f"rng.rank{rank}")
     if rng:
         _set_rng_state(rng)

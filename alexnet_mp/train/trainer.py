@@ -138,7 +138,7 @@ class Trainer:
 
     def _trainer_state(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "samples_seen": self.samples_seen}
+                "samples_seen": self.samples_seen, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def save(self, reason: str) -> Path | None:
         if not self.cfg.checkpoint.enable:
@@ -196,7 +196,8 @@ class Trainer:
     def _drill(self) -> None:
         d = self.cfg.debug.kill_at_step
         if d and self.global_step == d and self.layout.attempt == 0 and self.layout.rank == self.layout.world_size - 1:
-            self.metrics.note(f"debug.kill_at_step: rank {self.layout.rank} kills itself after step {d}")
+            print(f"[alexnet-mp] debug.kill_at_step: rank {self.layout.rank} kills itself after step {d}",
+                  file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _limit_reached(self) -> bool:
