@@ -33,7 +33,8 @@ from .layers import COLUMNS
 DIRECTIONS = ("forward", "backward")
 
 # torch 2.14 renamed the tensor collectives; the old names remain as deprecated aliases.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+all_gather_dim0 = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+"""``all_gather_into_tensor`` under its current name: the world stacked into dim 0."""
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
@@ -139,7 +140,7 @@ class _AllGather(torch.autograd.Function):
         # gloo and NCCL want the world stacked into dim 0: (W*B, ...), then a cat to dim 1.
         stacked = x.new_empty((world * x.shape[0], *x.shape[1:]))
         with _Timer(stats, [x]) as t:
-            _all_gather(stacked, x, group=group)
+            all_gather_dim0(stacked, x, group=group)
         stats.record(column, name, "forward", _nbytes(x) * (world - 1), t.seconds)
         return torch.cat(stacked.chunk(world, dim=0), dim=1)
 

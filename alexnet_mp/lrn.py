@@ -7,8 +7,8 @@ on each column's 48.
 
 ``impl="fast"`` computes the window sum of squares with shifted adds and has an analytic
 backward, dx = g*r - 2*alpha*beta * x * window_sum(g*x*r/d), r = d^-beta (alpha on the
-sum); it agrees with ``torch.nn.LocalResponseNorm`` to a few ulp and is several times
-faster in eager mode. ``impl="torch"`` is the stock module, kept as the yardstick.
+sum); it agrees with ``torch.nn.LocalResponseNorm`` to a few ulp. Measured whole-step
+gains are in docs/benchmarks.md. ``impl="torch"`` is the stock module, kept as the yardstick.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class SplitAlexNet(nn.Module):
     def load_reference_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a single-device :class:`AlexNet` state dict into the columns held here."""
         parts = to_columns(state)
-        for key, column in self.columns.items():
+        for column in self.columns.values():
             column.load_state_dict(parts[column.index])
 
 
@@ -105,8 +105,3 @@ def split_across_processes(group: dist.ProcessGroup | None, *, device: torch.dev
     exchange = ProcessGroupExchange(group, device or default_device(group), stats)
     column = Column(exchange.column_indices[0], num_classes, **column_kwargs).to(exchange.devices[0])
     return SplitAlexNet([column], exchange)
-
-
-def reference_like(split: SplitAlexNet, **kwargs) -> AlexNet:
-    """A single-device AlexNet with the same number of classes as ``split``."""
-    return AlexNet(split.num_classes, **kwargs)

@@ -55,10 +55,7 @@ def _column(mp_group, column_feed: str) -> tuple[int, int]:
 
 def _gather(mp_group, parts: int):
     """All-gathers each column's part along dim 0: column order is batch order."""
-    import torch.distributed as dist
-
-    # torch 2.14 renamed all_gather_into_tensor (now a deprecated alias); both stack on dim 0.
-    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    from ..exchange import all_gather_dim0 as all_gather
 
     def gather(t: torch.Tensor) -> torch.Tensor:
         out = t.new_empty((t.shape[0] * parts, *t.shape[1:]))

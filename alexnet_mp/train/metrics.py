@@ -165,7 +165,7 @@ class Metrics:
     def filters(self, model, step: int) -> None:
         """Figure 3: each column's conv1 kernels and colour specificity."""
         mine = {c.index: c.conv1.weight.detach().cpu() for c in model.columns.values()}
-        gathered = self._gather(mine) if self.layout.distributed else [mine]
+        gathered = self._gather(mine)
         if self.writer is None:
             return
         columns: dict[int, torch.Tensor] = {}

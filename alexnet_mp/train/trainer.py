@@ -208,13 +208,13 @@ class Trainer:
         cfg = self.cfg
         self.stop.install()
         self.resume()
-        steps_per_epoch = len(self._loader()) if self.step_in_epoch == 0 else None
-        self.metrics.banner(self.model, steps_per_epoch)
+        loader = self._loader()
+        self.metrics.banner(self.model, len(loader))
         interval = cfg.checkpoint.interval
         results: dict[str, float] = {}
         validated_at = -1
         while self.epoch < cfg.training.epochs and not self._limit_reached():
-            loader = self._loader()
+            loader = loader if loader is not None else self._loader()
             steps = len(loader)
             self.model.train()
             t_data = time.perf_counter()
@@ -256,6 +256,7 @@ class Trainer:
                 if self._limit_reached():
                     break
                 t_data = time.perf_counter()
+            loader = None  # the next epoch has its own order and augmentation
             if self.step_in_epoch >= steps:
                 self.epoch += 1
                 self.step_in_epoch = 0
