@@ -53,6 +53,8 @@ class ModelConfig:
     """LRN alpha on the *sum* of squares (paper: 1e-4; cuda-convnet's layer file: 2e-5)."""
     lrn_impl: str = "fast"
     """``fast`` (exact, analytic backward) or ``torch`` (``nn.LocalResponseNorm``)."""
+    init: str = "paper"
+    """``paper`` (N(0, 0.01^2), biases 1 in conv2/4/5, fc6/7) or ``kaiming`` (He-normal, zero biases)."""
 
     def __post_init__(self) -> None:
         _check("model", "num_classes", self.num_classes == 0 or (self.num_classes >= 2 and self.num_classes % 2 == 0),
@@ -60,6 +62,7 @@ class ModelConfig:
         _check("model", "dropout", 0.0 <= self.dropout < 1.0, "a probability in [0, 1)", self.dropout)
         _check("model", "lrn_alpha", self.lrn_alpha > 0, "a positive number", self.lrn_alpha)
         _check("model", "lrn_impl", self.lrn_impl in ("fast", "torch"), "'fast' or 'torch'", self.lrn_impl)
+        _check("model", "init", self.init in ("paper", "kaiming"), "'paper' or 'kaiming'", self.init)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -77,3 +77,19 @@ def test_bad_num_classes():
         L.layers(999)
     with pytest.raises(ValueError):
         L.exchange_bytes(0)
+
+
+def test_kaiming_init_is_he_normal_with_zero_biases_and_splits_like_the_paper_init():
+    from alexnet_mp.convert import to_columns
+
+    torch.manual_seed(0)
+    model = AlexNet(10, init="kaiming")
+    for s in L.shapes(10):
+        m = getattr(model, s.layer.name)
+        fan_in = m.weight[0].numel()
+        assert abs(m.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.05, s.layer.name
+        assert torch.all(m.bias == 0)
+    for i, part in enumerate(to_columns(model.state_dict())):
+        Column(i, 10, init="kaiming").load_state_dict(part)
+    with pytest.raises(ValueError, match="init"):
+        AlexNet(init="xavier")

@@ -82,7 +82,7 @@ def test_verdict_names_the_smaller_and_the_quieter_by_ratio():
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"strategies": ["pipeline"]}, ["'pipeline'", "paper, single, data-parallel"]),
-    ({"strategies": ["hybrid"]}, ["'hybrid'", "not available yet", "paper, single, data-parallel"]),
+    ({"strategies": ["hybrid"], "batch_size": 3}, ["--batch-size 3", "'hybrid'", "multiple of 2"]),
     ({"strategies": ["data-parallel"], "batch_size": 7}, ["--batch-size 7", "'data-parallel'", "multiple of 2"]),
     ({"batch_size": 0}, ["--batch-size", "got 0"]),
     ({"steps": 0}, ["--steps", "got 0"]),
@@ -122,10 +122,12 @@ def test_the_command_line_reports_bad_input_as_one_paragraph_and_status_2():
         assert result.exit_code == 2 and "--device cuda" in result.output
 
 
-def test_registry_lists_hybrid_as_coming_and_the_rest_as_runnable():
-    assert strategies.available() == ["paper", "single", "data-parallel"]
-    assert strategies.STRATEGIES["hybrid"].build is None and strategies.STRATEGIES["hybrid"].coming
+def test_registry_lists_every_strategy_as_runnable():
+    assert strategies.available() == ["paper", "single", "data-parallel", "hybrid"]
     assert strategies.STRATEGIES["data-parallel"].local_batch(128) == 64
+    hybrid = strategies.STRATEGIES["hybrid"]
+    assert hybrid.processes == 4 and [hybrid.part(r) for r in range(4)] == [0, 0, 1, 1]
+    assert [strategies.STRATEGIES["data-parallel"].part(r) for r in range(2)] == [0, 1]
 
 
 def test_a_folder_with_more_classes_than_fc8_is_refused(tmp_path):

@@ -115,3 +115,21 @@ def test_table_and_tensorboard_say_what_was_measured(compared):
     assert event.step == 4 and event.value == pytest.approx(L.total_params() * 4 / 1e6)
     root = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0}).Reload()
     assert "profile/report/text_summary" in root.Tags()["tensors"]
+
+
+def test_hybrid_sends_the_pairs_exchanges_and_half_the_gradients(tmp_path):
+    """4 spawned ranks on a (dp, mp) = (2, 2) mesh: exchanges at the replica's half batch,
+    and each column all-reduces exactly its own parameters' bytes over its replicas."""
+    result = CliRunner().invoke(main, ["profile", "--strategy", "hybrid", "--batch-size", "4", "--steps", "1",
+                                       "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "h.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "h.json").read_text())
+    jsonschema.validate(report, schema())
+    hybrid = report["strategies"]["hybrid"]
+    assert hybrid["exact"] and hybrid["processes"] == 4
+    got = _bytes_by_exchange(hybrid)
+    for name, n in L.exchange_bytes(2).items():
+        assert got[(name, "forward")] == got[(name, "backward")] == [n] * 4
+    grads = sum(got[(f"{s.layer.name}.grad", "backward")][0] for s in L.shapes())
+    assert grads == L.column_params() * 4
+    assert [r["column"] for r in hybrid["ranks"]] == [0, 1, 0, 1]

@@ -304,3 +304,17 @@ def test_sigterm_saves_and_exits_cleanly(dataset, tmp_path):
 
     step = ckpt.read_meta(ckpt.latest(tmp_path / "runs" / "tr"))["global_step"]
     assert step >= 2
+
+
+def test_generate_if_missing_makes_the_dataset_first(tmp_path, monkeypatch):
+    import functools
+
+    from alexnet_mp.data import make_dataset
+    from alexnet_mp.train import trainer as trainer_module
+
+    small = functools.partial(make_dataset, classes=2, train_per_class=8, val_per_class=2, seed=3, progress=False)
+    monkeypatch.setattr(trainer_module, "make_dataset", small)
+    root = tmp_path / "made"
+    cfg = config(root, tmp_path, **{"data.generate_if_missing": True, "training.max_steps": 1})
+    losses, _ = run_trainer(cfg)
+    assert len(losses) == 1 and len(list((root / "train").rglob("*.jpg"))) == 16

@@ -56,6 +56,8 @@ class DataConfig:
     """Both columns' identical batch: ``"exchange"`` (each decodes half, all-gather) or ``"duplicate"``."""
     cache_dir: str = ""
     """Where the validated file index is cached; empty means ``~/.cache/alexnet-mp``."""
+    generate_if_missing: bool = False
+    """Training only: write the generated dataset (``alexnet-mp make-dataset``) at ``path`` if it has no train/."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:

@@ -61,6 +61,17 @@ def data_parallel_transfers(world: int, *, num_classes: int = 1000, element_size
             for name, n in reversed(per_layer.items())]
 
 
+def hybrid_transfers(batch_size: int, replicas: int, *, num_classes: int = 1000,
+                     element_size: int = 4) -> list[Transfer]:
+    """D replicas of the split: the paper's exchanges at the replica's batch within each pair,
+    and each column's per-layer gradients (half the layer) all-reduced over its D replicas."""
+    per_layer = layer_param_bytes(num_classes=num_classes, element_size=element_size)
+    grads = [Transfer(f"{name}.grad", "all-reduce", "backward", n // L.COLUMNS,
+                      ring_allreduce_wire(n // L.COLUMNS, replicas))
+             for name, n in reversed(per_layer.items())]
+    return paper_transfers(batch_size // replicas, num_classes=num_classes, element_size=element_size) + grads
+
+
 @dataclass(frozen=True, slots=True)
 class FCPartition:
     """One fully connected layer split by columns (the paper) or by rows (DESIGN.md section 3).

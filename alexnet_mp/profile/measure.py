@@ -117,7 +117,7 @@ class RankProfiler:
         self.model = self.replica.model.train()
         self.params = list(self.model.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        part = ctx.rank if strategy.batch_parts > 1 else 0
+        part = strategy.part(ctx.rank)
         self.batches = data.batches(spec.data, strategy.local_batch(spec.batch_size), device=ctx.device,
                                     num_classes=spec.num_classes, seed=spec.seed, part=part,
                                     parts=strategy.batch_parts)
@@ -153,7 +153,8 @@ class RankProfiler:
             torch.cuda.reset_peak_memory_stats(self.ctx.device)
         self.replica.stats.reset()
         times = [self.step() for _ in range(self.spec.steps)]
-        traffic = self.replica.stats.as_dict().get(str(self.ctx.rank), {})
+        key = self.replica.stats_key if self.replica.stats_key is not None else self.ctx.rank
+        traffic = self.replica.stats.as_dict().get(str(key), {})
         inspected = self.inspect(cuda)
         return {
             "rank": self.ctx.rank,

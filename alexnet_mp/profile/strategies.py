@@ -42,6 +42,8 @@ class Replica:
 
     column: int | None = None
     """The paper's column this rank holds, or None when it holds whole layers."""
+    stats_key: int | None = None
+    """The key this rank's traffic is recorded under in ``stats``; None means its rank."""
 
     def __init__(self, model: nn.Module, stats: ExchangeStats) -> None:
         self.model = model
@@ -67,6 +69,55 @@ class PaperReplica(Replica):
         self.column = model.exchange.column_indices[0]
 
 
+def _allreduce_layers(layers, group, stats: ExchangeStats, key: int) -> None:
+    """Average each layer's gradients over ``group``, one timed all-reduce per layer."""
+    world = dist.get_world_size(group)
+    for name, params in layers:
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        sync = flat.is_cuda and stats.sync_cuda
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        if sync:
+            torch.cuda.synchronize()
+        stats.record(key, f"{name}.grad", "backward", flat.numel() * flat.element_size(), time.perf_counter() - start)
+        flat.div_(world)
+        offset = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+
+class HybridReplica(Replica):
+    """One column of one replica on a (dp, mp) = (W/2, 2) mesh: the paper's exchanges on
+    the pair, and this column's gradients averaged over its replicas (DESIGN.md section 4).
+
+    The strategy must own the whole world: the mesh's sub-groups are made by every rank.
+    """
+
+    def __init__(self, ctx: RankContext) -> None:
+        if dist.get_world_size() != ctx.world:
+            raise UserError(f"Strategy 'hybrid' builds its own ('dp', 'mp') mesh and needs the whole world: run it "
+                            f"with exactly {ctx.world} ranks under torchrun (this world has {dist.get_world_size()}), "
+                            "or let alexnet-mp profile start its own workers.")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(ctx.device.type, (ctx.world // L.COLUMNS, L.COLUMNS), mesh_dim_names=("dp", "mp"))
+        stats = ExchangeStats(sync_cuda=ctx.device.type == "cuda")
+        model = split_across_processes(mesh.get_group("mp"), device=ctx.device, num_classes=ctx.num_classes,
+                                       stats=stats)
+        super().__init__(model, stats)
+        self.column = self.stats_key = model.exchange.column_indices[0]
+        self.dp_group = mesh.get_group("dp")
+        (column,) = model.columns.values()
+        self.layers = [(name, list(getattr(column, name).parameters())) for name in reversed(column.layer_names)]
+
+    def after_backward(self) -> None:
+        _allreduce_layers(self.layers, self.dp_group, self.stats, self.column)
+
+
 class SingleReplica(Replica):
     """The whole single-device AlexNet; nothing crosses."""
 
@@ -90,24 +141,7 @@ class DataParallelReplica(Replica):
                        for name in reversed(self.model.layer_names)]
 
     def after_backward(self) -> None:
-        world = dist.get_world_size(self.ctx.group)
-        for name, params in self.layers:
-            flat = torch.cat([p.grad.reshape(-1) for p in params])
-            sync = flat.is_cuda and self.stats.sync_cuda
-            if sync:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.ctx.group)
-            if sync:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            self.stats.record(self.ctx.rank, f"{name}.grad", "backward", flat.numel() * flat.element_size(), seconds)
-            flat.div_(world)
-            offset = 0
-            for p in params:
-                n = p.grad.numel()
-                p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-                offset += n
+        _allreduce_layers(self.layers, self.ctx.group, self.stats, self.ctx.rank)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -120,7 +154,9 @@ class Strategy:
     processes: int
     """Ranks (devices) it runs on."""
     batch_parts: int
-    """The global batch is cut into this many equal parts, one per data-parallel rank."""
+    """The global batch is cut into this many equal parts, one per data-parallel replica."""
+    ranks_per_part: int = 1
+    """Ranks that share one part (the two columns of a hybrid replica)."""
     build: Callable[[RankContext], Replica] | None
     """Builds this rank's replica; None for a strategy that is announced but not built yet."""
     transfers: Callable[[int, int], list[analytic.Transfer]] = lambda batch, classes: []
@@ -135,6 +171,10 @@ class Strategy:
     def local_batch(self, batch_size: int) -> int:
         return batch_size // self.batch_parts
 
+    def part(self, rank: int) -> int:
+        """Which part of the global batch ``rank`` trains on."""
+        return rank // self.ranks_per_part if self.batch_parts > 1 else 0
+
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy(name="paper", summary="the paper's two columns, one per device (model parallel)",
@@ -146,9 +186,9 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
                                            "gradients all-reduced",
              processes=2, batch_parts=2, build=DataParallelReplica,
              transfers=lambda b, c: analytic.data_parallel_transfers(2, num_classes=c)),
-    Strategy(name="hybrid", summary="2-D mesh: the paper's split x data parallelism (DESIGN.md section 4)",
-             processes=2 * L.COLUMNS, batch_parts=2, build=None,
-             coming="it comes with the next issue (the ('dp', 'mp') device mesh)"),
+    Strategy(name="hybrid", summary="2 replicas of the paper's split on a ('dp', 'mp') = (2, 2) mesh",
+             processes=2 * L.COLUMNS, batch_parts=2, ranks_per_part=L.COLUMNS, build=HybridReplica,
+             transfers=lambda b, c: analytic.hybrid_transfers(b, 2, num_classes=c)),
 )}
 """Every strategy the profiler knows, in the order the comparison lists them."""
 

@@ -30,6 +30,9 @@ def _atomic_write(out: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result is an ordinary file
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -63,9 +63,9 @@ def _plateau(cfg: Config, optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlate
 
 
 def _ensure_data(cfg: Config, layout: Layout) -> None:
-    """The quick start's generated dataset is made on first use (by rank 0; others wait)."""
+    """``[data] generate_if_missing``: the generated dataset is made on first use (rank 0; others wait)."""
     root = Path(cfg.data.path)
-    if not (root / "train").exists() and cfg.job.name.startswith("quickstart") and cfg.data.path.startswith("data/"):
+    if cfg.data.generate_if_missing and not (root / "train").exists():
         if layout.is_main:
             print(f"generating the quick-start dataset in {root} (alexnet-mp make-dataset)", file=sys.stderr)
             make_dataset(root)
@@ -75,7 +75,7 @@ def _ensure_data(cfg: Config, layout: Layout) -> None:
 
 def build_model(cfg: Config, layout: Layout, num_classes: int) -> SplitAlexNet:
     kwargs = dict(num_classes=num_classes, dropout=cfg.model.dropout, lrn_alpha=cfg.model.lrn_alpha,
-                  lrn_impl=cfg.model.lrn_impl)
+                  lrn_impl=cfg.model.lrn_impl, init=cfg.model.init)
     # The same seed on every rank: the weights are those of one AlexNet, whichever the placement.
     torch.manual_seed(cfg.job.seed)
     from ..model import AlexNet
