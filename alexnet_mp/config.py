@@ -114,8 +114,16 @@ class TrainingConfig:
     """Stop after this many steps in all (0: no limit) — for quick runs and tests."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    mixed_precision: str = "none"
+    """``bf16``: autocast forward (fp32 weights, fp32 loss; exchanges travel in bf16), or ``none``."""
+    channels_last: bool = False
+    """Keep images, weights and activations in channels_last memory format (faster convs on GPUs)."""
+    compile: bool = False
+    """Run each column through ``torch.compile`` (graphs break at every exchange)."""
 
     def __post_init__(self) -> None:
+        _check("training", "mixed_precision", self.mixed_precision in ("none", "bf16"), "'none' or 'bf16'",
+               self.mixed_precision)
         _check("training", "batch_size", self.batch_size >= 1, "a whole number >= 1", self.batch_size)
         _check("training", "epochs", self.epochs >= 1, "a whole number >= 1", self.epochs)
         _check("training", "max_steps", self.max_steps >= 0, "a whole number >= 0", self.max_steps)
@@ -128,6 +136,8 @@ class ParallelismConfig:
 
     data_parallel: int = 0
     """Replicas of the two-column model (0: world size / 2, or 1 in one process)."""
+    overlap: bool = False
+    """Start each exchange asynchronously and compute on the own column's half meanwhile (one column per process)."""
 
     def __post_init__(self) -> None:
         _check("parallelism", "data_parallel", self.data_parallel >= 0, "a whole number >= 0", self.data_parallel)

@@ -45,6 +45,9 @@ class Traffic:
     bytes: int = 0
     calls: int = 0
     seconds: float = 0.0
+    """Time the column spent waiting for the exchange."""
+    hidden_seconds: float = 0.0
+    """Time the exchange was in flight while the column computed (overlapped exchanges only)."""
 
 
 @dataclass(slots=True)
@@ -59,11 +62,13 @@ class ExchangeStats:
     """Synchronise CUDA around each exchange so ``seconds`` is the transfer, not the launch."""
     records: dict = field(default_factory=dict)
 
-    def record(self, column: int, name: str, direction: str, nbytes: int, seconds: float) -> None:
+    def record(self, column: int, name: str, direction: str, nbytes: int, seconds: float,
+               hidden: float = 0.0) -> None:
         t = self.records.setdefault(column, {}).setdefault(name, {d: Traffic() for d in DIRECTIONS})[direction]
         t.bytes += nbytes
         t.calls += 1
         t.seconds += seconds
+        t.hidden_seconds += hidden
 
     def reset(self) -> None:
         self.records.clear()
@@ -155,6 +160,62 @@ class _AllGather(torch.autograd.Function):
         return out, None, None, None, None
 
 
+class _Pending:
+    """An all-gather (forward) or reduce-scatter (backward) in flight between two Functions."""
+
+    def __init__(self, group, stats: ExchangeStats, column: int, name: str) -> None:
+        self.group, self.stats, self.column, self.name = group, stats, column, name
+        self.work = self.started = self.result = None
+
+    def start(self, work, result) -> None:
+        self.work, self.result, self.started = work, result, time.perf_counter()
+
+    def wait(self, direction: str, nbytes: int) -> torch.Tensor:
+        blocked = time.perf_counter()
+        self.work.wait()
+        end = time.perf_counter()
+        self.stats.record(self.column, self.name, direction, nbytes, end - blocked, hidden=blocked - self.started)
+        return self.result
+
+
+class _StartGather(torch.autograd.Function):
+    """Launches the all-gather and returns its (not yet filled) buffer; backward waits for
+    the reduce-scatter that :class:`_FinishGather` started."""
+
+    @staticmethod
+    def forward(ctx, x, pending: _Pending):
+        world = dist.get_world_size(pending.group)
+        x = x.contiguous()
+        stacked = x.new_empty((world * x.shape[0], *x.shape[1:]))
+        pending.start(all_gather_dim0(stacked, x, group=pending.group, async_op=True), stacked)
+        ctx.pending, ctx.nbytes = pending, _nbytes(x) * (world - 1)
+        return stacked
+
+    @staticmethod
+    def backward(ctx, _unused):
+        return ctx.pending.wait("backward", ctx.nbytes), None
+
+
+class _FinishGather(torch.autograd.Function):
+    """Waits for the all-gather, returns the whole input; backward starts the reduce-scatter."""
+
+    @staticmethod
+    def forward(ctx, stacked, pending: _Pending):
+        world = dist.get_world_size(pending.group)
+        nbytes = _nbytes(stacked) // world * (world - 1)
+        pending.wait("forward", nbytes)
+        ctx.pending, ctx.world = pending, world
+        return torch.cat(stacked.chunk(world, dim=0), dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        world, pending = ctx.world, ctx.pending
+        stacked = torch.cat(grad.chunk(world, dim=1), dim=0).contiguous()
+        out = grad.new_empty((grad.shape[0], grad.shape[1] // world, *grad.shape[2:]))
+        pending.start(_reduce_scatter(out, stacked, op=dist.ReduceOp.SUM, group=pending.group, async_op=True), out)
+        return stacked, None
+
+
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; multiplies the gradient by ``scale`` backward."""
 
@@ -198,6 +259,19 @@ class ProcessGroupExchange(Exchange):
     def gather(self, name, parts):
         (x,) = parts
         return [_AllGather.apply(x, self.group, self.stats, self.column_indices[0], name)]
+
+    def start(self, name: str, part: torch.Tensor) -> _Pending:
+        """Launch exchange ``name`` asynchronously; :meth:`finish` returns the whole input.
+
+        The column uses its own part directly meanwhile, so the gathered copy of its own
+        part gets no gradient and the reduce-scatter brings back exactly the other
+        columns' contributions — the same bytes as :meth:`gather`."""
+        pending = _Pending(self.group, self.stats, self.column_indices[0], name)
+        pending.buffer = _StartGather.apply(part, pending)
+        return pending
+
+    def finish(self, pending: _Pending) -> torch.Tensor:
+        return _FinishGather.apply(pending.buffer, pending)
 
     def output(self, fulls):
         # Every rank computes the same loss from its copy; each backward would add the

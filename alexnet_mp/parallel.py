@@ -28,8 +28,14 @@ class SplitAlexNet(nn.Module):
     two ranks never confuses the two columns' weights.
     """
 
-    def __init__(self, columns: Sequence[Column], exchange: Exchange) -> None:
+    def __init__(self, columns: Sequence[Column], exchange: Exchange, *, overlap: bool = False) -> None:
         super().__init__()
+        if overlap and not isinstance(exchange, ProcessGroupExchange):
+            raise DistributedError(
+                "Overlapping exchanges with compute needs one column per process (torchrun "
+                f"--nproc_per_node={L.COLUMNS} or 2 x D); with every column in one process an exchange is a "
+                "device copy and there is nothing to overlap. Turn overlap off for this placement.")
+        self.overlap = overlap
         indices = [c.index for c in columns]
         if indices != exchange.column_indices:
             raise ValueError(f"columns {indices} do not match the exchange's {exchange.column_indices}")
@@ -47,10 +53,26 @@ class SplitAlexNet(nn.Module):
         columns = list(self.columns.values())
         hs = self.exchange.scatter_input(x)
         for name in columns[0].layer_names:
+            if self._sees_both[name] and self.overlap:
+                (col,), (h,) = columns, hs
+                hs = [col.after(name, self._overlapped(col, name, h))]
+                continue
             if self._sees_both[name]:
                 hs = self.exchange.gather(name, hs)
             hs = [col.block(name, h) for col, h in zip(columns, hs)]
         return self.exchange.output(self.exchange.gather(L.LOGITS, hs))
+
+    def _overlapped(self, column: Column, name: str, own: torch.Tensor) -> torch.Tensor:
+        """Layer ``name`` on this column's part while the other columns' parts are in flight."""
+        c, parts = column.index, L.COLUMNS
+        pending = self.exchange.start(name, own)
+        out = column.partial(name, own, c, parts, bias=True)
+        full = self.exchange.finish(pending)
+        width = own.shape[1]
+        for j in range(parts):
+            if j != c:
+                out = out + column.partial(name, full.narrow(1, j * width, width), j, parts, bias=False)
+        return out
 
     def load_reference_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a single-device :class:`AlexNet` state dict into the columns held here."""
@@ -93,7 +115,7 @@ def default_device(group: dist.ProcessGroup | None = None) -> torch.device:
 
 
 def split_across_processes(group: dist.ProcessGroup | None, *, device: torch.device | str | None = None,
-                           num_classes: int = 1000, stats: ExchangeStats | None = None,
+                           num_classes: int = 1000, stats: ExchangeStats | None = None, overlap: bool = False,
                            **column_kwargs) -> SplitAlexNet:
     """This rank's column of the split; the other column is the other rank of ``group``."""
     if group is None:
@@ -104,4 +126,4 @@ def split_across_processes(group: dist.ProcessGroup | None, *, device: torch.dev
         )
     exchange = ProcessGroupExchange(group, device or default_device(group), stats)
     column = Column(exchange.column_indices[0], num_classes, **column_kwargs).to(exchange.devices[0])
-    return SplitAlexNet([column], exchange)
+    return SplitAlexNet([column], exchange, overlap=overlap)

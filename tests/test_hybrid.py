@@ -1,4 +1,5 @@
-"""Hybrid data x model parallelism on 4 gloo processes: a ("dp", "mp") = (2, 2) mesh."""
+"""Hybrid data x model parallelism on 4 gloo processes: a ("dp", "mp") = (2, 2) mesh,
+with the exchanges overlapped with compute."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_hybrid_training_equals_one_device_on_the_concatenated_batch(dataset, tm
 
     cfg = config(dataset, tmp_path, **{"training.max_steps": STEPS, "training.batch_size": 2,
                                         "checkpoint.enable": False, "optimizer.lr": 0.001, "model.init": "kaiming",
-                                        "data.column_feed": "duplicate"})
+                                        "data.column_feed": "duplicate", "parallelism.overlap": True})
     results = run_workers(_worker, 4, (cfg,), threads=1)
     assert [r[3] for r in results] == [(0, 2), (0, 2), (1, 2), (1, 2)]  # ranks 0,1 = replica 0; 2,3 = replica 1
 

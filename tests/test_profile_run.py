@@ -133,3 +133,17 @@ def test_hybrid_sends_the_pairs_exchanges_and_half_the_gradients(tmp_path):
     grads = sum(got[(f"{s.layer.name}.grad", "backward")][0] for s in L.shapes())
     assert grads == L.column_params() * 4
     assert [r["column"] for r in hybrid["ranks"]] == [0, 1, 0, 1]
+
+
+def test_overlap_keeps_the_bytes_and_reports_hidden_time(tmp_path):
+    result = CliRunner().invoke(main, ["profile", "--strategy", "paper", "--batch-size", "2", "--steps", "1",
+                                       "--warmup", "0", "--device", "cpu", "--overlap", "--json", str(tmp_path / "o.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o.json").read_text())
+    jsonschema.validate(report, schema())
+    paper = report["strategies"]["paper"]
+    assert report["config"]["overlap"] and paper["exact"]
+    hidden = {e["name"]: e["hidden_seconds"] for e in paper["exchanges"]}
+    assert all(h > 0 for name in ("conv3", "fc6", "fc7", "fc8") for h in hidden[name])
+    assert hidden["logits"] == [0.0, 0.0]  # nothing follows the logits to overlap with
+    assert "hidden behind compute" in result.output

@@ -100,6 +100,11 @@ def test_world_size_the_model_cannot_use(monkeypatch):
         setup("cpu", data_parallel=3)
 
 
+def test_overlap_in_one_process_is_refused_before_any_work(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="overlap = true needs one column per process"):
+        run_trainer(config(dataset, tmp_path, **{"parallelism.overlap": True}))
+
+
 def test_missing_data_is_reported_before_any_work(tmp_path):
     from alexnet_mp.errors import DataError
 
@@ -318,3 +323,18 @@ def test_generate_if_missing_makes_the_dataset_first(tmp_path, monkeypatch):
     cfg = config(root, tmp_path, **{"data.generate_if_missing": True, "training.max_steps": 1})
     losses, _ = run_trainer(cfg)
     assert len(losses) == 1 and len(list((root / "train").rglob("*.jpg"))) == 16
+
+
+def test_bf16_channels_last_training_sends_exchanges_in_the_compute_dtype(dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(dataset, tmp_path, **{"training.max_steps": 2, "training.mixed_precision": "bf16",
+                                        "training.channels_last": True, "metrics.enable_tensorboard": True,
+                                        "metrics.log_freq": 1, "checkpoint.enable": False})
+    losses, weights = run_trainer(cfg)
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 master weights
+    acc = EventAccumulator(str(tmp_path / "runs" / "t" / "tb"))
+    acc.Reload()
+    conv3 = acc.Scalars("exchange/conv3/forward_bytes")[-1].value
+    assert conv3 == 4 * 21_632 * 2  # batch 4, bf16: half the fp32 figure

@@ -36,13 +36,14 @@ def _names(strategy: str | None, compare: str | None) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and synthetic data.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also write the report as JSON (schema alexnet-mp/profile/1, docs/profile.md).")
+@click.option("--overlap", is_flag=True, help="Overlap the split's exchanges with compute (paper, hybrid).")
 @click.option("--tensorboard", "tb_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also write the tables as text and the comparison as charts for TensorBoard.")
-def profile_command(strategy, compare, batch_size, steps, warmup, device, data, num_classes, seed, json_path,
-                    tb_dir) -> None:
+def profile_command(strategy, compare, batch_size, steps, warmup, device, data, num_classes, seed, overlap,
+                    json_path, tb_dir) -> None:
     """Per-device memory, FLOPs, time and communication of each strategy, measured, beside the analytic figures."""
     cfg = ProfileConfig(strategies=_names(strategy, compare), batch_size=batch_size, steps=steps, warmup=warmup,
-                        device=device, data=data, num_classes=num_classes, seed=seed)
+                        device=device, data=data, num_classes=num_classes, seed=seed, overlap=overlap)
     report = run(cfg)
     if report is None:  # a torchrun rank other than 0
         return

@@ -41,6 +41,8 @@ class RunSpec:
     seed: int
     cpu_threads: int
     """Cores shared by a strategy's ranks on CPU (each rank gets its share)."""
+    overlap: bool = False
+    """Overlap the split's exchanges with compute (``paper`` and ``hybrid``)."""
 
 
 def conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -169,6 +171,7 @@ class RankProfiler:
             "traffic": {name: {d: {"bytes": per[d]["bytes"] // self.spec.steps,
                                    "calls": per[d]["calls"] // self.spec.steps,
                                    "seconds": per[d]["seconds"] / self.spec.steps,
+                                   "hidden_seconds": per[d]["hidden_seconds"] / self.spec.steps,
                                    "exact_multiple": per[d]["bytes"] % self.spec.steps == 0}
                                for d in DIRECTIONS}
                         for name, per in traffic.items()},

@@ -43,15 +43,22 @@ def format_strategy(s: dict) -> list[str]:
         ranks = range(len(s["ranks"]))
         lines.append(f"  {'exchange':<11}{'op':<15}{'dir':<9}{'analytic B':>13}"
                      + "".join(f"{f'rank {i} B':>13}" for i in ranks)
-                     + f"{'ratio':>7}{'calls':>7}{'ms':>9}{'MB/s':>9}   (ms, MB/s: rank 0, per step)")
+                     + f"{'ratio':>7}{'calls':>7}{'ms':>9}{'hidden':>9}{'MB/s':>9}"
+                     + "   (ms waited, ms hidden behind compute, MB/s: rank 0, per step)")
         for e in s["exchanges"]:
             ratio = e["ratio"][0]
             bw = e["bandwidth"][0]
             lines.append(f"  {e['name']:<11}{e['op']:<15}{e['direction']:<9}{e['analytic_bytes']:>13,}"
                          + "".join(f"{b:>13,}" for b in e["measured_bytes"])
                          + f"{'—' if ratio is None else f'{ratio:.3f}':>7}{e['calls'][0]:>7}"
-                         + f"{_ms(e['seconds'][0]):>9}{'—' if bw is None else f'{bw / 1e6:,.0f}':>9}"
+                         + f"{_ms(e['seconds'][0]):>9}{_ms(e.get('hidden_seconds', [0.0])[0]):>9}"
+                         + f"{'—' if bw is None else f'{bw / 1e6:,.0f}':>9}"
                          + ("" if e["exact"] else "   <-- differs"))
+        waited = sum(e["seconds"][0] for e in s["exchanges"])
+        hidden = sum(e.get("hidden_seconds", [0.0])[0] for e in s["exchanges"])
+        if hidden:
+            lines.append(f"  exchange time on rank 0: {_ms(waited)} ms waited, {_ms(hidden)} ms in flight behind "
+                         f"compute ({hidden / (hidden + waited):.0%} hidden)")
         lines.append(f"  bytes per device per step: {s['bytes_per_step']:,} measured, "
                      f"{s['analytic_bytes_per_step']:,} analytic ({'exact' if s['exact'] else 'DIFFERENT'}); "
                      f"on the wire: {s['wire_bytes_per_step']:,}")

@@ -49,6 +49,8 @@ class ProfileConfig:
     """Outputs of fc8 (even)."""
     seed: int = 0
     """Seed of the weights and the synthetic batches."""
+    overlap: bool = False
+    """Overlap the split's exchanges with compute (``paper``, ``hybrid``)."""
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -109,7 +111,7 @@ def _worker(rank: int, world: int, name: str, spec: RunSpec, device_kind: str) -
     device = torch.device("cuda", rank) if device_kind == "cuda" else torch.device("cpu")
     strategy = strategies.get(name)
     ctx = RankContext(rank=rank, world=world, group=dist.group.WORLD, device=device,
-                      num_classes=spec.num_classes, seed=spec.seed)
+                      num_classes=spec.num_classes, seed=spec.seed, overlap=spec.overlap)
     return RankProfiler(strategy, ctx, spec).run()
 
 
@@ -137,7 +139,7 @@ def _in_torchrun(strategy: Strategy, spec: RunSpec, device_kind: str) -> tuple[l
             torch.set_num_threads(strategy.threads(spec.cpu_threads))
         try:
             ctx = RankContext(rank=rank, world=strategy.processes, group=group, device=device,
-                              num_classes=spec.num_classes, seed=spec.seed)
+                              num_classes=spec.num_classes, seed=spec.seed, overlap=spec.overlap)
             result = RankProfiler(strategy, ctx, spec).run()
         finally:
             torch.set_num_threads(threads)
@@ -178,6 +180,7 @@ def _row(name: str, op: str, direction: str, payload: int, wire: int, measured: 
         "measured_bytes": [m["bytes"] for m in got],
         "calls": [m["calls"] for m in got],
         "seconds": [m["seconds"] for m in got],
+        "hidden_seconds": [m.get("hidden_seconds", 0.0) for m in got],
         "bandwidth": [_ratio(m["bytes"], m["seconds"]) for m in got],
         "ratio": [_ratio(m["bytes"], payload) for m in got],
         "exact": all(m["bytes"] == payload and m["exact_multiple"] for m in got),
@@ -272,7 +275,7 @@ def run(cfg: ProfileConfig) -> dict | None:
 def _run(cfg: ProfileConfig, device: str, torchrun: bool) -> dict | None:
     threads = CPU_THREADS if not torchrun else torch.get_num_threads() * L.COLUMNS
     spec = RunSpec(batch_size=cfg.batch_size, steps=cfg.steps, warmup=cfg.warmup, data=cfg.data,
-                   num_classes=cfg.num_classes, seed=cfg.seed, cpu_threads=threads)
+                   num_classes=cfg.num_classes, seed=cfg.seed, cpu_threads=threads, overlap=cfg.overlap)
     results = {}
     for name in cfg.strategies:
         strategy = strategies.get(name)
@@ -285,7 +288,7 @@ def _run(cfg: ProfileConfig, device: str, torchrun: bool) -> dict | None:
         "schema": SCHEMA,
         "config": {"strategies": cfg.strategies, "batch_size": cfg.batch_size, "steps": cfg.steps,
                    "warmup": cfg.warmup, "device": device, "data": cfg.data, "num_classes": cfg.num_classes,
-                   "seed": cfg.seed, "launcher": "torchrun" if torchrun else "spawn",
+                   "seed": cfg.seed, "overlap": cfg.overlap, "launcher": "torchrun" if torchrun else "spawn",
                    "cpu_threads": threads if device == "cpu" else None},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "cpus": os.cpu_count(),

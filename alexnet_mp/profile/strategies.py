@@ -35,6 +35,8 @@ class RankContext:
     device: torch.device
     num_classes: int
     seed: int
+    overlap: bool = False
+    """Overlap the split's exchanges with compute."""
 
 
 class Replica:
@@ -64,7 +66,8 @@ class PaperReplica(Replica):
 
     def __init__(self, ctx: RankContext) -> None:
         stats = ExchangeStats(sync_cuda=ctx.device.type == "cuda")
-        model = split_across_processes(ctx.group, device=ctx.device, num_classes=ctx.num_classes, stats=stats)
+        model = split_across_processes(ctx.group, device=ctx.device, num_classes=ctx.num_classes, stats=stats,
+                                       overlap=ctx.overlap)
         super().__init__(model, stats)
         self.column = model.exchange.column_indices[0]
 
@@ -107,7 +110,7 @@ class HybridReplica(Replica):
         mesh = init_device_mesh(ctx.device.type, (ctx.world // L.COLUMNS, L.COLUMNS), mesh_dim_names=("dp", "mp"))
         stats = ExchangeStats(sync_cuda=ctx.device.type == "cuda")
         model = split_across_processes(mesh.get_group("mp"), device=ctx.device, num_classes=ctx.num_classes,
-                                       stats=stats)
+                                       stats=stats, overlap=ctx.overlap)
         super().__init__(model, stats)
         self.column = self.stats_key = model.exchange.column_indices[0]
         self.dp_group = mesh.get_group("dp")

@@ -7,7 +7,8 @@ TensorBoard tags, grouped by prefix (torchtitan's habit):
 * ``throughput/images_per_s``, ``time/data_wait_s``, ``time/step_s``
 * ``memory/rank<r>/…``: CUDA ``max_allocated_GiB`` and ``max_reserved_GiB``, or the process's
   ``rss_GiB`` and ``peak_rss_GiB`` on the CPU
-* ``exchange/<name>/{forward,backward}_bytes`` and ``…_seconds`` per step (column 0's view;
+* ``exchange/<name>/{forward,backward}_bytes``, ``…_seconds`` (waited) and ``…_hidden_seconds``
+  (in flight behind compute, with ``[parallelism] overlap``) per step (column 0's view;
   both columns send the same), ``exchange/total_bytes_per_step``, ``exchange/dp_allreduce_bytes``
 * ``filters/column<c>`` (images, the paper's Figure 3) and ``filters/colour_specificity/column<c>``
 * ``config`` (text), hparams with the final metrics, and at the end the projector:
@@ -142,6 +143,7 @@ class Metrics:
                 for d in DIRECTIONS:
                     w.add_scalar(f"exchange/{name}/{d}_bytes", per[d]["bytes"], step)
                     w.add_scalar(f"exchange/{name}/{d}_seconds", per[d]["seconds"], step)
+                    w.add_scalar(f"exchange/{name}/{d}_hidden_seconds", per[d]["hidden_seconds"], step)
                     total += per[d]["bytes"]
             w.add_scalar("exchange/total_bytes_per_step", total, step)
         c = self.cfg

@@ -82,7 +82,12 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> SplitAlexNet:
 
     reference = AlexNet(**kwargs).state_dict()
     if layout.distributed:
-        model = split_across_processes(layout.mp_group, device=layout.devices[0], **kwargs)
+        model = split_across_processes(layout.mp_group, device=layout.devices[0],
+                                       overlap=cfg.parallelism.overlap, **kwargs)
+    elif cfg.parallelism.overlap:
+        raise ConfigError("[parallelism] overlap = true needs one column per process (torchrun "
+                          f"--nproc_per_node={L.COLUMNS} or 2 x D); this run holds both columns in one process, "
+                          "where an exchange is a device copy with nothing to overlap. Set overlap = false.")
     else:
         model = split_in_one_process(layout.devices, **kwargs)
     model.load_reference_state(reference)
@@ -116,6 +121,12 @@ class Trainer:
                               f"classes in {cfg.data.path}.")
         self.num_classes = num_classes
         self.model = build_model(cfg, self.layout, num_classes)
+        t = cfg.training
+        if t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.autocast = dict(device_type=self.layout.devices[0].type, dtype=torch.bfloat16,
+                             enabled=t.mixed_precision == "bf16")
         o = cfg.optimizer
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay)
@@ -185,10 +196,12 @@ class Trainer:
     def validate(self, *, final: bool) -> dict[str, float]:
         v = self.cfg.validation
         results = {}
-        centre = evaluate(self.model, self._eval_loader(False), ten_crop=False, dp_group=self.layout.dp_group)
+        with torch.autocast(**self.autocast):
+            centre = evaluate(self.model, self._eval_loader(False), ten_crop=False, dp_group=self.layout.dp_group)
+            ten = (evaluate(self.model, self._eval_loader(True), ten_crop=True, dp_group=self.layout.dp_group)
+                   if v.ten_crop == "every" or (v.ten_crop == "end" and final) else None)
         results.update({f"val_{k}_centre": centre[k] for k in ("top1_error", "top5_error")})
-        if v.ten_crop == "every" or (v.ten_crop == "end" and final):
-            ten = evaluate(self.model, self._eval_loader(True), ten_crop=True, dp_group=self.layout.dp_group)
+        if ten is not None:
             results.update({f"val_{k}_10crop": ten[k] for k in ("top1_error", "top5_error")})
         self.metrics.validation(self.global_step, self.epoch, results, self.optimizer.param_groups[0]["lr"])
         return results
@@ -222,8 +235,11 @@ class Trainer:
                 data_s = time.perf_counter() - t_data
                 t_step = time.perf_counter()
                 self.model.stats.reset()
-                logits = self.model(images)
-                loss = F.cross_entropy(logits, labels.to(logits.device))
+                if cfg.training.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(**self.autocast):
+                    logits = self.forward(images)
+                loss = F.cross_entropy(logits.float(), labels.to(logits.device))
                 if cfg.debug.inject_nan_at_step and self.global_step + 1 == cfg.debug.inject_nan_at_step:
                     loss = loss * float("nan")
                 loss_value = loss.item()
