@@ -1,7 +1,12 @@
 """Training-step speed of the faithful net, side by side in one run, as medians.
 
-    python benchmarks/step.py --device cpu --batch-size 16          # this CPU box: ratios
-    python benchmarks/step.py --device cuda --batch-size 128         # one GPU: images/s, fp32 and bf16
+    python benchmarks/step.py --device cpu --batch-size 16 --processes   # this CPU box: ratios
+    python benchmarks/step.py --device cuda --batch-size 128              # one GPU: images/s, fp32 and bf16
+
+``--processes`` (CPU) adds the split across two gloo processes of one thread each, with the
+exchanges overlapped and not, and the single-device net on one thread — the comparisons of
+issue 6: split vs one process with the same total threads, and scaling efficiency
+(one process on one thread / twice the split's step).
 
 Variants: the single-device AlexNet with the fast LRN and with nn.LocalResponseNorm, both
 columns in one process (the split's one-process placement) and torchvision's alexnet
@@ -76,6 +81,40 @@ def measure(name, device, batch, steps, warmup, *, bf16=False, channels_last=Fal
             "median_step_s": med, "images_per_s": batch / med}
 
 
+def _split_worker(rank, world, batch, steps, warmup, overlap, classes):
+    import torch.distributed as dist
+
+    from alexnet_mp.parallel import split_across_processes
+
+    torch.manual_seed(0)
+    model = split_across_processes(dist.group.WORLD, num_classes=classes, overlap=overlap)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, 224, 224, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    times = []
+    for i in range(warmup + steps):
+        dist.barrier()
+        t = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def measure_split(batch, steps, warmup, *, overlap, classes=1000):
+    from alexnet_mp.spawn import run_workers
+
+    per_rank = run_workers(_split_worker, 2, (batch, steps, warmup, overlap, classes), threads=1)
+    med = statistics.median(max(ts) for ts in zip(*per_rank))  # a step ends when both columns have
+    return {"variant": "split-2-processes" + ("-overlap" if overlap else ""), "bf16": False,
+            "channels_last": False, "compile": False, "batch": batch, "threads": "1 per process",
+            "median_step_s": med, "images_per_s": batch / med}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -83,6 +122,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (CUDA)")
+    p.add_argument("--processes", action="store_true", help="CPU: also the split across 2 processes")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
     device = torch.device(a.device)
@@ -102,6 +142,23 @@ def main() -> None:
             print(f"{name:<22} bf16={str(r['bf16']):<5} channels_last={str(r['channels_last']):<5} "
                   f"compile={str(r['compile']):<5} step {r['median_step_s'] * 1e3:8.1f} ms  {r['images_per_s']:9.1f} img/s",
                   flush=True)
+    if device.type == "cpu" and a.processes:
+        total = torch.get_num_threads()
+        torch.set_num_threads(1)
+        one = measure("alexnet-fast-lrn", device, a.batch_size, a.steps, a.warmup)
+        torch.set_num_threads(total)
+        one["variant"], one["threads"] = "alexnet-1-thread", 1
+        rows.append(one)
+        for overlap in (False, True):
+            rows.append(measure_split(a.batch_size, a.steps, a.warmup, overlap=overlap))
+        single = next(r for r in rows if r["variant"] == "alexnet-fast-lrn")
+        print(f"\nthreads: single-process variants {total}; split 1 per process ({total} in all)")
+        for r in rows[-2:]:
+            print(f"{r['variant']:<28} step {r['median_step_s'] * 1e3:8.1f} ms  "
+                  f"split / one process ({total} threads): {r['median_step_s'] / single['median_step_s']:.2f}  "
+                  f"scaling efficiency (1 thread / 2 x split): {one['median_step_s'] / (2 * r['median_step_s']):.2f}")
+            r["vs_single_process"] = r["median_step_s"] / single["median_step_s"]
+            r["scaling_efficiency"] = one["median_step_s"] / (2 * r["median_step_s"])
     base = {(r["bf16"], r["compile"]): r for r in rows if r["variant"] == "torchvision-alexnet"}
     for r in rows:
         r["vs_torchvision_step"] = r["median_step_s"] / base[(r["bf16"], r["compile"])]["median_step_s"]

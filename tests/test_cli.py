@@ -33,6 +33,17 @@ def test_verify_json_one_process():
     assert run["exchanges"]["conv3"]["forward"] == {"analytic": 2 * 21_632 * 4, "measured": [2 * 21_632 * 4] * 2}
 
 
+def test_verify_float64_is_exact_to_1e_10():
+    result = CliRunner().invoke(main, ["verify", "--batch-size", "2", "--num-classes", "10", "--dtype", "float64",
+                                       "--one-process-only", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["dtype"] == "float64" and report["tolerance"]["relative"] == 1e-10
+    run = report["runs"]["one_process"]
+    assert run["rel"] <= 1e-10
+    assert run["exchanges"]["conv3"]["forward"]["analytic"] == 2 * 21_632 * 8  # float64 doubles the bytes
+
+
 @pytest.mark.parametrize("batch", [8, 128])
 def test_verify_passes_across_processes(batch):
     """The acceptance run: the installed command, batch 8 and 128, both placements."""
