@@ -123,12 +123,14 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (CUDA)")
     p.add_argument("--processes", action="store_true", help="CPU: also the split across 2 processes")
+    p.add_argument("--variants", default="alexnet-fast-lrn,alexnet-torch-lrn,split-one-process,torchvision-alexnet",
+                   help="comma-separated subset (torchvision-alexnet is the yardstick and always runs)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
     device = torch.device(a.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    names = ["alexnet-fast-lrn", "alexnet-torch-lrn", "split-one-process", "torchvision-alexnet"]
+    names = [n for n in a.variants.split(",") if n != "torchvision-alexnet"] + ["torchvision-alexnet"]
     modes = [dict()]
     if device.type == "cuda":
         modes = [dict(), dict(bf16=True, channels_last=True)]
@@ -151,7 +153,7 @@ def main() -> None:
         rows.append(one)
         for overlap in (False, True):
             rows.append(measure_split(a.batch_size, a.steps, a.warmup, overlap=overlap))
-        single = next(r for r in rows if r["variant"] == "alexnet-fast-lrn")
+        single = next(r for r in rows if r["variant"] == "alexnet-fast-lrn")  # needs it in --variants
         print(f"\nthreads: single-process variants {total}; split 1 per process ({total} in all)")
         for r in rows[-2:]:
             print(f"{r['variant']:<28} step {r['median_step_s'] * 1e3:8.1f} ms  "
