@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from alexnet_mp.spawn import run_workers
 
-from test_train import config, dataset  # noqa: F401  (fixture)
+from test_train import config, dataset, single_device_losses  # noqa: F401  (fixture)
 
 STEPS = 4
 
@@ -41,9 +40,7 @@ def _worker(rank, world, cfg):
 
 
 def test_hybrid_training_equals_one_device_on_the_concatenated_batch(dataset, tmp_path):  # noqa: F811
-    from alexnet_mp import AlexNet
     from alexnet_mp.convert import from_columns
-    from alexnet_mp.data import build_train_loader
 
     cfg = config(dataset, tmp_path, **{"training.max_steps": STEPS, "training.batch_size": 2,
                                         "checkpoint.enable": False, "optimizer.lr": 0.001, "model.init": "kaiming",
@@ -52,18 +49,7 @@ def test_hybrid_training_equals_one_device_on_the_concatenated_batch(dataset, tm
     assert [r[3] for r in results] == [(0, 2), (0, 2), (1, 2), (1, 2)]  # ranks 0,1 = replica 0; 2,3 = replica 1
 
     # the single-device model on the concatenated batch (both replicas' 2 images = 4)
-    torch.manual_seed(cfg.job.seed)
-    model = AlexNet(2, dropout=0.0, init="kaiming")
-    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4)
-    reference = []
-    for images, labels in build_train_loader(cfg.data, batch_size=4, seed=cfg.job.seed, epoch=0):
-        loss = F.cross_entropy(model(images), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        reference.append(loss.item())
-        if len(reference) == STEPS:
-            break
+    reference, model = single_device_losses(cfg, STEPS, batch_size=4)
     for step in range(STEPS):
         replicas = (results[0][0][step] + results[2][0][step]) / 2  # each replica's loss is its half's mean
         assert abs(replicas - reference[step]) <= 1e-4 * max(1.0, reference[step]), (step, replicas, reference[step])

@@ -115,16 +115,17 @@ def test_missing_data_is_reported_before_any_work(tmp_path):
 
 # --- the split trains like one device --------------------------------------------------
 
-def single_device_losses(cfg, steps):
-    """The same recipe on alexnet_mp.AlexNet with the same batches."""
+def single_device_losses(cfg, steps, batch_size=None):
+    """The same recipe on alexnet_mp.AlexNet with the same batches: (losses, model)."""
     from alexnet_mp import AlexNet
     from alexnet_mp.data import build_train_loader
 
     torch.manual_seed(cfg.job.seed)
-    model = AlexNet(2, dropout=0.0)
+    model = AlexNet(2, dropout=0.0, init=cfg.model.init)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=0.9, weight_decay=5e-4)
     losses = []
-    for images, labels in build_train_loader(cfg.data, batch_size=cfg.training.batch_size, seed=cfg.job.seed, epoch=0):
+    batch_size = batch_size or cfg.training.batch_size
+    for images, labels in build_train_loader(cfg.data, batch_size=batch_size, seed=cfg.job.seed, epoch=0):
         loss = F.cross_entropy(model(images), labels)
         opt.zero_grad()
         loss.backward()
@@ -132,7 +133,7 @@ def single_device_losses(cfg, steps):
         losses.append(loss.item())
         if len(losses) == steps:
             break
-    return losses
+    return losses, model
 
 
 def _split_worker(rank, world, cfg):
@@ -145,7 +146,7 @@ def test_twenty_split_steps_give_the_single_device_losses(dataset, tmp_path):
                                         "optimizer.lr": 0.001})
     split = run_workers(_split_worker, 2, (cfg,), threads=1)
     assert len(split[0]) == 20 and split[0] == split[1]
-    reference = single_device_losses(cfg, 12) + [None] * 8  # one epoch of the tiny set is 12 steps
+    reference = single_device_losses(cfg, 12)[0] + [None] * 8  # one epoch of the tiny set is 12 steps
     for a, b in zip(split[0], reference):
         if b is not None:
             assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
