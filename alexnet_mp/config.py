@@ -18,6 +18,7 @@ from typing import Any
 from .data import DataConfig
 from .errors import ConfigError
 from .layers import LRN
+from .lrn import IMPLS
 
 
 def _check(section: str, key: str, ok: bool, accepted: str, value: Any) -> None:
@@ -52,7 +53,9 @@ class ModelConfig:
     lrn_alpha: float = LRN.alpha
     """LRN alpha on the *sum* of squares (paper: 1e-4; cuda-convnet's layer file: 2e-5)."""
     lrn_impl: str = "fast"
-    """``fast`` (exact, analytic backward) or ``torch`` (``nn.LocalResponseNorm``)."""
+    """``fast`` (fused Triton kernels on CUDA, shifted adds elsewhere), ``eager`` (shifted adds),
+    ``triton`` (the fused kernels), all exact with an analytic backward; or ``torch``
+    (``nn.LocalResponseNorm``, the yardstick)."""
     init: str = "paper"
     """``paper`` (N(0, 0.01^2), biases 1 in conv2/4/5, fc6/7) or ``kaiming`` (He-normal, zero biases)."""
 
@@ -61,7 +64,7 @@ class ModelConfig:
                "0 (from the dataset) or an even number >= 2", self.num_classes)
         _check("model", "dropout", 0.0 <= self.dropout < 1.0, "a probability in [0, 1)", self.dropout)
         _check("model", "lrn_alpha", self.lrn_alpha > 0, "a positive number", self.lrn_alpha)
-        _check("model", "lrn_impl", self.lrn_impl in ("fast", "torch"), "'fast' or 'torch'", self.lrn_impl)
+        _check("model", "lrn_impl", self.lrn_impl in IMPLS, " or ".join(map(repr, IMPLS)), self.lrn_impl)
         _check("model", "init", self.init in ("paper", "kaiming"), "'paper' or 'kaiming'", self.init)
 
 

@@ -5,20 +5,41 @@ The paper normalises each map by its ``size`` neighbours *in the same column*
 neighbours. ``ColumnLRN(groups=2)`` on the whole 96 maps equals ``ColumnLRN(groups=1)``
 on each column's 48.
 
-``impl="fast"`` computes the window sum of squares with shifted adds and has an analytic
-backward, dx = g*r - 2*alpha*beta * x * window_sum(g*x*r/d), r = d^-beta (alpha on the
-sum); it agrees with ``torch.nn.LocalResponseNorm`` to a few ulp. Measured whole-step
-gains are in docs/benchmarks.md. ``impl="torch"`` is the stock module, kept as the yardstick.
+Implementations (``impl``), all exact to fp32 rounding, with an analytic backward
+dx = g*r - 2*alpha*beta * x * window_sum(g*x*r/d), r = d^-beta (alpha on the sum):
+
+* ``"eager"``: the window sum of squares by shifted adds, a dozen PyTorch ops each way; any
+  device;
+* ``"triton"``: one fused Triton kernel each way (:mod:`alexnet_mp.lrn_triton`), fp32
+  arithmetic; CUDA (or the Triton interpreter);
+* ``"fast"`` (the default): ``"triton"`` on CUDA tensors when Triton is installed, else
+  ``"eager"``; inside ``torch.compile`` always ``"eager"``, which the compiler fuses itself;
+* ``"torch"``: the stock ``nn.LocalResponseNorm`` per column, kept as the yardstick.
+
+Measured gains are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
 from torch import nn
 
 from .layers import LRN
+
+IMPLS = ("fast", "eager", "triton", "torch")
+
+
+@functools.cache
+def _triton_lrn():
+    """The Triton autograd Function, or None when Triton cannot be imported."""
+    try:
+        from .lrn_triton import TritonLRN
+    except ImportError:
+        return None
+    return TritonLRN
 
 
 def _window_sum(t: torch.Tensor, half: int) -> torch.Tensor:
@@ -69,10 +90,13 @@ class ColumnLRN(nn.Module):
 
     def __init__(self, groups: int = 1, *, size: int = LRN.size, alpha: float = LRN.alpha,
                  beta: float = LRN.beta, k: float = LRN.k,
-                 impl: Literal["fast", "torch"] = "fast") -> None:
+                 impl: Literal["fast", "eager", "triton", "torch"] = "fast") -> None:
         super().__init__()
-        if impl not in ("fast", "torch"):
-            raise ValueError(f"LRN impl must be 'fast' or 'torch', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"LRN impl must be one of {IMPLS}, got {impl!r}")
+        if impl == "triton" and _triton_lrn() is None:
+            raise ValueError("LRN impl 'triton' needs the triton package (it ships with CUDA builds of "
+                             "torch); use impl='fast' to pick it automatically where it is installed")
         if size % 2 != 1:
             raise ValueError(f"LRN size must be odd (a window centred on each map), got {size}")
         self.groups, self.size, self.alpha, self.beta, self.k, self.impl = groups, size, alpha, beta, k, impl
@@ -82,8 +106,12 @@ class ColumnLRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] % self.groups:
             raise ValueError(f"{x.shape[1]} channels do not split into {self.groups} columns")
-        if self.impl == "fast":
-            return _FastLRN.apply(x, self.groups, self.size, self.alpha, self.beta, self.k)
+        args = (x, self.groups, self.size, self.alpha, self.beta, self.k)
+        if self.impl == "triton" or (self.impl == "fast" and x.is_cuda and not torch.compiler.is_compiling()
+                                     and _triton_lrn() is not None):
+            return _triton_lrn().apply(*args)
+        if self.impl in ("fast", "eager"):
+            return _FastLRN.apply(*args)
         if self.groups == 1:
             return self._torch(x)
         return torch.cat([self._torch(part) for part in x.chunk(self.groups, dim=1)], dim=1)

@@ -23,7 +23,7 @@ class _Layers(nn.Module):
     """Weight layers conv1..fc8 (registered in that order) plus what follows each one."""
 
     def __init__(self, *, num_classes: int, columns_here: int, dropout: float,
-                 lrn_alpha: float, lrn_impl: Literal["fast", "torch"], init: Literal["paper", "kaiming"]) -> None:
+                 lrn_alpha: float, lrn_impl: Literal["fast", "eager", "triton", "torch"], init: Literal["paper", "kaiming"]) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -111,7 +111,7 @@ class AlexNet(_Layers):
     """
 
     def __init__(self, num_classes: int = 1000, *, dropout: float = 0.5,
-                 lrn_alpha: float = L.LRN.alpha, lrn_impl: Literal["fast", "torch"] = "fast",
+                 lrn_alpha: float = L.LRN.alpha, lrn_impl: Literal["fast", "eager", "triton", "torch"] = "fast",
                  init: Literal["paper", "kaiming"] = "paper") -> None:
         super().__init__(num_classes=num_classes, columns_here=L.COLUMNS, dropout=dropout,
                          lrn_alpha=lrn_alpha, lrn_impl=lrn_impl, init=init)
@@ -130,7 +130,7 @@ class Column(_Layers):
     """
 
     def __init__(self, index: int, num_classes: int = 1000, *, dropout: float = 0.5,
-                 lrn_alpha: float = L.LRN.alpha, lrn_impl: Literal["fast", "torch"] = "fast",
+                 lrn_alpha: float = L.LRN.alpha, lrn_impl: Literal["fast", "eager", "triton", "torch"] = "fast",
                  init: Literal["paper", "kaiming"] = "paper") -> None:
         if not 0 <= index < L.COLUMNS:
             raise ValueError(f"column index must be in 0..{L.COLUMNS - 1}, got {index}")
