@@ -133,6 +133,9 @@ class TrainingConfig:
         _check("training", "device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'", self.device)
 
 
+GRAD_SYNC = ("ddp", "buckets", "flat")
+
+
 @dataclass(kw_only=True, slots=True)
 class ParallelismConfig:
     """How the columns are placed; the world size comes from torchrun."""
@@ -141,9 +144,19 @@ class ParallelismConfig:
     """Replicas of the two-column model (0: world size / 2, or 1 in one process)."""
     overlap: bool = False
     """Start each exchange asynchronously and compute on the own column's half meanwhile (one column per process)."""
+    grad_sync: str = "ddp"
+    """How a column's gradients are averaged over its data-parallel replicas: ``ddp``
+    (DistributedDataParallel on the dp sub-group, buckets all-reduced during backward),
+    ``buckets`` (the same scheme in Python, :class:`~alexnet_mp.train.distributed.GradientReducer`)
+    or ``flat`` (one all-reduce after backward). Measured side by side in docs/benchmarks.md."""
+    bucket_mb: float = 25.0
+    """Gradient bucket size in MiB for ``ddp`` and ``buckets`` (DDP's default: 25)."""
 
     def __post_init__(self) -> None:
         _check("parallelism", "data_parallel", self.data_parallel >= 0, "a whole number >= 0", self.data_parallel)
+        _check("parallelism", "grad_sync", self.grad_sync in GRAD_SYNC, " or ".join(map(repr, GRAD_SYNC)),
+               self.grad_sync)
+        _check("parallelism", "bucket_mb", self.bucket_mb > 0, "a size in MiB > 0", self.bucket_mb)
 
 
 @dataclass(kw_only=True, slots=True)

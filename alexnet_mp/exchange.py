@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 
 from .errors import DistributedError
 from .layers import COLUMNS
@@ -161,7 +163,7 @@ class _AllGather(torch.autograd.Function):
 
 
 class _Pending:
-    """An all-gather (forward) or reduce-scatter (backward) in flight between two Functions."""
+    """An all-gather (forward) or reduce-scatter (backward) in flight behind compute."""
 
     def __init__(self, group, stats: ExchangeStats, column: int, name: str) -> None:
         self.group, self.stats, self.column, self.name = group, stats, column, name
@@ -178,42 +180,64 @@ class _Pending:
         return self.result
 
 
-class _StartGather(torch.autograd.Function):
-    """Launches the all-gather and returns its (not yet filled) buffer; backward waits for
-    the reduce-scatter that :class:`_FinishGather` started."""
+class _OverlappedLayer(torch.autograd.Function):
+    """A layer over the gathered input (conv3, fc6-fc8), computed while the exchange is in flight.
+
+    Forward: start the all-gather, apply the layer to this column's own part (its slice of
+    the weight's input dim, plus the bias), wait, then add the other parts. Backward: the
+    input gradient first, whose reduce-scatter is started at once; the weight and bias
+    gradients are computed while it travels. The same collectives and bytes as
+    :class:`_AllGather`; the weight gradient is one op over the whole input, so nothing
+    weight-sized is materialised per part.
+    """
 
     @staticmethod
-    def forward(ctx, x, pending: _Pending):
-        world = dist.get_world_size(pending.group)
-        x = x.contiguous()
-        stacked = x.new_empty((world * x.shape[0], *x.shape[1:]))
-        pending.start(all_gather_dim0(stacked, x, group=pending.group, async_op=True), stacked)
-        ctx.pending, ctx.nbytes = pending, _nbytes(x) * (world - 1)
-        return stacked
+    def forward(ctx, own, weight, bias, pending: _Pending, conv):
+        group = pending.group
+        world, c = dist.get_world_size(group), dist.get_rank(group)
+        own = own.contiguous()
+        stacked = own.new_empty((world * own.shape[0], *own.shape[1:]))
+        pending.start(all_gather_dim0(stacked, own, group=group, async_op=True), stacked)
+        width = own.shape[1]
+
+        def part(x, j, b):
+            w = weight.narrow(1, j * width, width)
+            return F.conv2d(x, w, b, *conv) if conv else F.linear(x, w, b)
+
+        out = part(own, c, bias)
+        parts = pending.wait("forward", _nbytes(own) * (world - 1)).chunk(world, dim=0)
+        for j in range(world):
+            if j != c:
+                out = out.add_(part(parts[j], j, None))
+        full = torch.cat(parts, dim=1)
+        ctx.save_for_backward(full, weight)
+        ctx.pending, ctx.conv, ctx.world, ctx.has_bias = pending, conv, world, bias is not None
+        ctx.nbytes = _nbytes(own) * (world - 1)
+        return out
 
     @staticmethod
-    def backward(ctx, _unused):
-        return ctx.pending.wait("backward", ctx.nbytes), None
-
-
-class _FinishGather(torch.autograd.Function):
-    """Waits for the all-gather, returns the whole input; backward starts the reduce-scatter."""
-
-    @staticmethod
-    def forward(ctx, stacked, pending: _Pending):
-        world = dist.get_world_size(pending.group)
-        nbytes = _nbytes(stacked) // world * (world - 1)
-        pending.wait("forward", nbytes)
-        ctx.pending, ctx.world = pending, world
-        return torch.cat(stacked.chunk(world, dim=0), dim=1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        world, pending = ctx.world, ctx.pending
-        stacked = torch.cat(grad.chunk(world, dim=1), dim=0).contiguous()
-        out = grad.new_empty((grad.shape[0], grad.shape[1] // world, *grad.shape[2:]))
-        pending.start(_reduce_scatter(out, stacked, op=dist.ReduceOp.SUM, group=pending.group, async_op=True), out)
-        return stacked, None
+    def backward(ctx, g):
+        full, weight = ctx.saved_tensors
+        pending, world, conv = ctx.pending, ctx.world, ctx.conv
+        w = weight.to(g.dtype)  # under autocast the layer ran in the compute dtype
+        if conv:
+            args = (full.to(g.dtype), w, [w.shape[0]] if ctx.has_bias else None, conv[0], conv[1], (1, 1),
+                    False, (0, 0), 1)
+            grad_in = torch.ops.aten.convolution_backward(g, *args, (True, False, False))[0]
+        else:
+            grad_in = g @ w
+        stacked = torch.cat(grad_in.chunk(world, dim=1), dim=0).contiguous()
+        own_grad = grad_in.new_empty((grad_in.shape[0], grad_in.shape[1] // world, *grad_in.shape[2:]))
+        pending.start(_reduce_scatter(own_grad, stacked, op=dist.ReduceOp.SUM, group=pending.group,
+                                      async_op=True), own_grad)
+        if conv:
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(g, *args, (False, True, ctx.has_bias))
+        else:
+            grad_w = g.t() @ full.to(g.dtype)
+            grad_b = g.sum(0) if ctx.has_bias else None
+        grad_w = grad_w.to(weight.dtype)
+        grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
+        return pending.wait("backward", ctx.nbytes), grad_w, grad_b, None, None
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -260,18 +284,12 @@ class ProcessGroupExchange(Exchange):
         (x,) = parts
         return [_AllGather.apply(x, self.group, self.stats, self.column_indices[0], name)]
 
-    def start(self, name: str, part: torch.Tensor) -> _Pending:
-        """Launch exchange ``name`` asynchronously; :meth:`finish` returns the whole input.
-
-        The column uses its own part directly meanwhile, so the gathered copy of its own
-        part gets no gradient and the reduce-scatter brings back exactly the other
-        columns' contributions — the same bytes as :meth:`gather`."""
+    def overlapped(self, name: str, own: torch.Tensor, layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
+        """``layer`` applied to the gathered input of exchange ``name``, with the exchange
+        overlapped by compute both ways (see :class:`_OverlappedLayer`)."""
         pending = _Pending(self.group, self.stats, self.column_indices[0], name)
-        pending.buffer = _StartGather.apply(part, pending)
-        return pending
-
-    def finish(self, pending: _Pending) -> torch.Tensor:
-        return _FinishGather.apply(pending.buffer, pending)
+        conv = (layer.stride, layer.padding) if isinstance(layer, nn.Conv2d) else None
+        return _OverlappedLayer.apply(own, layer.weight, layer.bias, pending, conv)
 
     def output(self, fulls):
         # Every rank computes the same loss from its copy; each backward would add the

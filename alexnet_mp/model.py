@@ -72,20 +72,6 @@ class _Layers(nn.Module):
         """Layer ``name`` and what follows it: ReLU, LRN, overlapping pool, flatten, dropout."""
         return self.after(name, getattr(self, name)(x))
 
-    def partial(self, name: str, x: torch.Tensor, part: int, parts: int, *, bias: bool) -> torch.Tensor:
-        """Layer ``name`` applied to input slice ``part`` of ``parts`` (along dim 1) only.
-
-        Summing the partials over every part gives the whole layer (up to fp32 summation
-        order): this is what lets a column compute on its own half while the other half is
-        still in flight."""
-        module = getattr(self, name)
-        width = module.weight.shape[1] // parts
-        weight = module.weight.narrow(1, part * width, width)
-        b = module.bias if bias else None
-        if isinstance(module, nn.Conv2d):
-            return F.conv2d(x, weight, b, module.stride, module.padding)
-        return F.linear(x, weight, b)
-
     def after(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """What follows layer ``name``'s output: ReLU, LRN, overlapping pool, flatten, dropout."""
         layer = self._spec[name]

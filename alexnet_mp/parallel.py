@@ -64,15 +64,7 @@ class SplitAlexNet(nn.Module):
 
     def _overlapped(self, column: Column, name: str, own: torch.Tensor) -> torch.Tensor:
         """Layer ``name`` on this column's part while the other columns' parts are in flight."""
-        c, parts = column.index, L.COLUMNS
-        pending = self.exchange.start(name, own)
-        out = column.partial(name, own, c, parts, bias=True)
-        full = self.exchange.finish(pending)
-        width = own.shape[1]
-        for j in range(parts):
-            if j != c:
-                out = out + column.partial(name, full.narrow(1, j * width, width), j, parts, bias=False)
-        return out
+        return self.exchange.overlapped(name, own, getattr(column, name))
 
     def load_reference_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a single-device :class:`AlexNet` state dict into the columns held here."""

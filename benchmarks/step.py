@@ -8,11 +8,14 @@ exchanges overlapped and not, and the single-device net on one thread — the co
 issue 6: split vs one process with the same total threads, and scaling efficiency
 (one process on one thread / twice the split's step).
 
-Variants: the single-device AlexNet with the fast LRN and with nn.LocalResponseNorm, both
-columns in one process (the split's one-process placement) and torchvision's alexnet
-(the 2014 one-device network, for scale). On CUDA each runs in fp32 and in bf16 autocast
-with channels_last, and optionally under torch.compile. Synthetic data: the loader is
-measured by benchmarks/loader.py.
+Variants: the single-device AlexNet with the default LRN (``fast``: fused Triton kernels
+on CUDA, shifted adds on the CPU), with the shifted-add LRN forced (``eager``) and with
+nn.LocalResponseNorm; both columns in one process (the split's one-process placement); and
+torchvision's alexnet (the 2014 one-device network, for scale). On CUDA each runs in fp32,
+in bf16 autocast with channels_last, and in bf16 + channels_last with the whole step
+(forward, backward, fused SGD) captured as one CUDA graph (alexnet_mp.graphs), and
+optionally under torch.compile. Synthetic data: the loader is measured by
+benchmarks/loader.py.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from alexnet_mp.parallel import split_in_one_process  # noqa: E402
 def build(name: str, device: torch.device, classes: int):
     if name == "alexnet-fast-lrn":
         return AlexNet(classes).to(device)
+    if name == "alexnet-eager-lrn":
+        return AlexNet(classes, lrn_impl="eager").to(device)
     if name == "alexnet-torch-lrn":
         return AlexNet(classes, lrn_impl="torch").to(device)
     if name == "split-one-process":
@@ -47,12 +52,14 @@ def build(name: str, device: torch.device, classes: int):
     raise ValueError(name)
 
 
-def measure(name, device, batch, steps, warmup, *, bf16=False, channels_last=False, compile_=False, classes=1000):
+def measure(name, device, batch, steps, warmup, *, bf16=False, channels_last=False, compile_=False,
+            graph=False, classes=1000):
     torch.manual_seed(0)
     model = build(name, device, classes)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    # Fused SGD (one pass for the whole update), as the trainer uses.
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
     x = torch.randn(batch, 3, 224, 224, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -66,6 +73,14 @@ def measure(name, device, batch, steps, warmup, *, bf16=False, channels_last=Fal
         loss.backward()
         opt.step()
 
+    if graph:
+        from alexnet_mp.graphs import GraphedStep
+
+        graphed = GraphedStep(model, opt, F.cross_entropy, x, y, bf16=bf16)
+
+        def step():  # noqa: F811
+            graphed(x, y)
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step()
@@ -77,8 +92,8 @@ def measure(name, device, batch, steps, warmup, *, bf16=False, channels_last=Fal
         sync()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return {"variant": name, "bf16": bf16, "channels_last": channels_last, "compile": compile_, "batch": batch,
-            "median_step_s": med, "images_per_s": batch / med}
+    return {"variant": name, "bf16": bf16, "channels_last": channels_last, "compile": compile_, "graph": graph,
+            "batch": batch, "median_step_s": med, "images_per_s": batch / med}
 
 
 def _split_worker(rank, world, batch, steps, warmup, overlap, classes):
@@ -88,7 +103,7 @@ def _split_worker(rank, world, batch, steps, warmup, overlap, classes):
 
     torch.manual_seed(0)
     model = split_across_processes(dist.group.WORLD, num_classes=classes, overlap=overlap)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, 224, 224, generator=g)
     y = torch.randint(0, classes, (batch,), generator=g)
@@ -105,13 +120,60 @@ def _split_worker(rank, world, batch, steps, warmup, overlap, classes):
     return times
 
 
+def _hybrid_worker(rank, world, batch, steps, warmup, sync, classes):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from alexnet_mp.parallel import split_across_processes
+    from alexnet_mp.train.distributed import GradientReducer
+
+    mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "mp"))
+    dp = mesh.get_group("dp")
+    torch.manual_seed(0)
+    model = split_across_processes(mesh.get_group("mp"), num_classes=classes, overlap=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
+    fwd, finish = model, (lambda: None)
+    if sync == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        fwd = DistributedDataParallel(model, process_group=dp)
+    else:
+        reducer = GradientReducer(model.parameters(), dp, world // 2, overlap=sync == "bucketed")
+        finish = reducer.finish
+    g = torch.Generator().manual_seed(1 + mesh.get_local_rank("dp"))
+    x = torch.randn(batch, 3, 224, 224, generator=g)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    times = []
+    for i in range(warmup + steps):
+        dist.barrier()
+        t = time.perf_counter()
+        loss = F.cross_entropy(fwd(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        finish()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def measure_hybrid(batch, steps, warmup, *, sync, replicas=2, classes=1000):
+    from alexnet_mp.spawn import run_workers
+
+    per_rank = run_workers(_hybrid_worker, 2 * replicas, (batch, steps, warmup, sync, classes), threads=1)
+    med = statistics.median(max(ts) for ts in zip(*per_rank))
+    return {"variant": f"hybrid-{replicas}x2-{sync}", "bf16": False, "channels_last": False, "compile": False,
+            "graph": False, "batch": batch * replicas, "threads": "1 per process", "median_step_s": med,
+            "images_per_s": batch * replicas / med}
+
+
 def measure_split(batch, steps, warmup, *, overlap, classes=1000):
     from alexnet_mp.spawn import run_workers
 
     per_rank = run_workers(_split_worker, 2, (batch, steps, warmup, overlap, classes), threads=1)
     med = statistics.median(max(ts) for ts in zip(*per_rank))  # a step ends when both columns have
     return {"variant": "split-2-processes" + ("-overlap" if overlap else ""), "bf16": False,
-            "channels_last": False, "compile": False, "batch": batch, "threads": "1 per process",
+            "channels_last": False, "compile": False, "graph": False, "batch": batch, "threads": "1 per process",
             "median_step_s": med, "images_per_s": batch / med}
 
 
@@ -122,8 +184,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (CUDA)")
+    p.add_argument("--modes", help="CUDA: comma-separated subset of fp32,bf16,graph,compile "
+                   "(bf16 = bf16 autocast + channels_last; graph = that, whole step as one CUDA graph)")
     p.add_argument("--processes", action="store_true", help="CPU: also the split across 2 processes")
-    p.add_argument("--variants", default="alexnet-fast-lrn,alexnet-torch-lrn,split-one-process,torchvision-alexnet",
+    p.add_argument("--hybrid", action="store_true",
+                   help="CPU: also 2 replicas x 2 columns (4 processes), the gradient all-reduce as one flat "
+                        "bucket after backward, in 25 MiB buckets during backward, and by DDP on the dp group")
+    p.add_argument("--variants",
+                   default="alexnet-fast-lrn,alexnet-eager-lrn,alexnet-torch-lrn,split-one-process,torchvision-alexnet",
                    help="comma-separated subset (torchvision-alexnet is the yardstick and always runs)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
@@ -133,16 +201,25 @@ def main() -> None:
     names = [n for n in a.variants.split(",") if n != "torchvision-alexnet"] + ["torchvision-alexnet"]
     modes = [dict()]
     if device.type == "cuda":
-        modes = [dict(), dict(bf16=True, channels_last=True)]
-        if a.compile:
-            modes.append(dict(bf16=True, channels_last=True, compile_=True))
+        known = {"fp32": dict(), "bf16": dict(bf16=True, channels_last=True),
+                 "graph": dict(bf16=True, channels_last=True, graph=True),
+                 "compile": dict(bf16=True, channels_last=True, compile_=True)}
+        chosen = a.modes.split(",") if a.modes else ["fp32", "bf16", "graph"] + (["compile"] if a.compile else [])
+        bad = [m for m in chosen if m not in known]
+        if bad:
+            p.error(f"--modes: unknown {bad}; choose from {list(known)}")
+        modes = [known[m] for m in chosen]
     rows = []
     for mode in modes:
         for name in names:
-            rows.append(measure(name, device, a.batch_size, a.steps, a.warmup, **mode))
+            try:
+                rows.append(measure(name, device, a.batch_size, a.steps, a.warmup, **mode))
+            except Exception as e:  # one variant failing must not lose the others' figures
+                print(f"{name} {mode}: FAILED {type(e).__name__}: {e}", flush=True)
+                continue
             r = rows[-1]
             print(f"{name:<22} bf16={str(r['bf16']):<5} channels_last={str(r['channels_last']):<5} "
-                  f"compile={str(r['compile']):<5} step {r['median_step_s'] * 1e3:8.1f} ms  {r['images_per_s']:9.1f} img/s",
+                  f"compile={str(r['compile']):<5} graph={str(r['graph']):<5} step {r['median_step_s'] * 1e3:8.1f} ms  {r['images_per_s']:9.1f} img/s",
                   flush=True)
     if device.type == "cpu" and a.processes:
         total = torch.get_num_threads()
@@ -161,12 +238,20 @@ def main() -> None:
                   f"scaling efficiency (1 thread / 2 x split): {one['median_step_s'] / (2 * r['median_step_s']):.2f}")
             r["vs_single_process"] = r["median_step_s"] / single["median_step_s"]
             r["scaling_efficiency"] = one["median_step_s"] / (2 * r["median_step_s"])
-    base = {(r["bf16"], r["compile"]): r for r in rows if r["variant"] == "torchvision-alexnet"}
+    if device.type == "cpu" and a.hybrid:
+        for sync in ("flat", "bucketed", "ddp"):
+            r = measure_hybrid(a.batch_size, a.steps, a.warmup, sync=sync)
+            rows.append(r)
+            print(f"{r['variant']:<28} step {r['median_step_s'] * 1e3:8.1f} ms  {r['images_per_s']:7.1f} img/s "
+                  f"(batch {r['batch']} over 2 replicas, 4 processes)", flush=True)
+    base = {(r["bf16"], r["compile"], r["graph"]): r for r in rows if r["variant"] == "torchvision-alexnet"}
     for r in rows:
-        r["vs_torchvision_step"] = r["median_step_s"] / base[(r["bf16"], r["compile"])]["median_step_s"]
+        ref = base.get((r["bf16"], r["compile"], r["graph"]))
+        r["vs_torchvision_step"] = r["median_step_s"] / ref["median_step_s"] if ref else float("nan")
     print("\nstep time relative to torchvision's alexnet in the same mode:")
     for r in rows:
-        print(f"  {r['variant']:<22} bf16={r['bf16']!s:<5} compile={r['compile']!s:<5} {r['vs_torchvision_step']:.2f}x")
+        print(f"  {r['variant']:<22} bf16={r['bf16']!s:<5} compile={r['compile']!s:<5} graph={r['graph']!s:<5} "
+              f"{r['vs_torchvision_step']:.2f}x")
     if a.json:
         Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                                             "torch": torch.__version__, "rows": rows}, indent=2))

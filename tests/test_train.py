@@ -69,6 +69,10 @@ def test_configs_in_the_repo_load():
     ("[training]\nbatch_size = 0", "[training] batch_size = 0 is not accepted"),
     ("[optimizer]\nlr = -1.0", "[optimizer] lr = -1.0 is not accepted: a positive number"),
     ("[data]\nloader = \"pil\"", "[data] loader = 'pil' is not accepted"),
+    ("[parallelism]\ngrad_sync = \"allreduce\"",
+     "[parallelism] grad_sync = 'allreduce' is not accepted: 'ddp' or 'buckets' or 'flat'"),
+    ("[parallelism]\nbucket_mb = 0", "[parallelism] bucket_mb = 0.0 is not accepted: a size in MiB > 0"),
+    ("[model]\nlrn_impl = \"cuda\"", "[model] lrn_impl = 'cuda' is not accepted: 'fast' or 'eager' or 'triton'"),
     ("[training\n", "is not valid TOML"),
 ])
 def test_bad_config_is_named(tmp_path, text, needle):
