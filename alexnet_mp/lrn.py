@@ -64,24 +64,39 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.unflatten(1, (groups, x.shape[1] // groups))
 
 
+def _scaled_window_sum_of_squares(xg: torch.Tensor, half: int, alpha: float, k: float) -> torch.Tensor:
+    """k + alpha * (window sum of x^2) without materialising x^2: one addcmul for the centre,
+    then one in-place addcmul per neighbour (14 tensor-sized reads+writes instead of 20)."""
+    d = torch.addcmul(xg.new_full((), k), xg, xg, value=alpha)
+    for shift in range(1, half + 1):
+        lo, hi = xg[:, :, :-shift], xg[:, :, shift:]
+        d[:, :, shift:].addcmul_(lo, lo, value=alpha)
+        d[:, :, :-shift].addcmul_(hi, hi, value=alpha)
+    return d
+
+
 class _FastLRN(torch.autograd.Function):
+    """Forward: d = k + alpha * window_sum(x^2), r = d^-beta, y = x * r.
+    Backward: dx = g*r - 2*alpha*beta * x * window_sum(g * y / d), using y = x*r (the
+    output, which the next layer keeps anyway) to save a pass."""
+
     @staticmethod
     def forward(ctx, x, groups, size, alpha, beta, k):
         xg = _grouped(x, groups)
-        d = _window_sum(xg * xg, (size - 1) // 2).mul_(alpha).add_(k)
+        d = _scaled_window_sum_of_squares(xg, (size - 1) // 2, alpha, k)
         r = _neg_pow(d, beta)
         y = xg * r
-        ctx.save_for_backward(xg, d, r)
+        ctx.save_for_backward(xg, d, r, y)
         ctx.params = (groups, size, alpha, beta)
         return y.flatten(1, 2)
 
     @staticmethod
     def backward(ctx, g):
-        xg, d, r = ctx.saved_tensors
+        xg, d, r, y = ctx.saved_tensors
         groups, size, alpha, beta = ctx.params
-        gr = _grouped(g, groups) * r
-        t = _window_sum(gr.mul(xg).div_(d), (size - 1) // 2)
-        dx = gr.sub_(t.mul_(xg).mul_(2.0 * alpha * beta))
+        gg = _grouped(g, groups)
+        t = _window_sum(torch.mul(gg, y).div_(d), (size - 1) // 2)
+        dx = torch.addcmul(gg * r, xg, t, value=-2.0 * alpha * beta)
         return dx.flatten(1, 2), None, None, None, None, None
 
 
