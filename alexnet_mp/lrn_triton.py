@@ -43,24 +43,32 @@ def _rpow1(d, beta, BETA_075: tl.constexpr):
 
 
 @triton.jit
+def _tile(P, HW, s_n, s_p, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # This program's BLOCK_P pixels (over N*H*W) x all channels: pixel mask, channels, row bases.
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    base = (p // HW).to(tl.int64) * s_n + (p % HW).to(tl.int64) * s_p
+    return p < P, tl.arange(0, BLOCK_C), base
+
+
+@triton.jit
+def _at(pm, c, base, shift, C, cols, s_c):
+    # Mask and offsets of channel c + shift, kept only within c's own column (zero padding).
+    j = c + shift
+    ok = (j >= 0) & (j < C) & ((j // cols) == (c // cols))
+    return pm[:, None] & ok[None, :], base[:, None] + j[None, :].to(tl.int64) * s_c
+
+
+@triton.jit
 def _lrn_fwd_kernel(X, Y, D, P, C, HW, s_n, s_c, s_p, cols, alpha, beta, k,
                     HALF: tl.constexpr, BETA_075: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.arange(0, BLOCK_C)
-    pm = p < P
-    n = (p // HW).to(tl.int64)
-    base = n * s_n + (p % HW).to(tl.int64) * s_p
-    group = c // cols
+    pm, c, base = _tile(P, HW, s_n, s_p, BLOCK_P, BLOCK_C)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for s in tl.static_range(0, 2 * HALF + 1):
-        j = c + (s - HALF)
-        ok = (j >= 0) & (j < C) & ((j // cols) == group)
-        m = pm[:, None] & ok[None, :]
-        v = tl.load(X + base[:, None] + j[None, :].to(tl.int64) * s_c, mask=m, other=0.0).to(tl.float32)
+        m, o = _at(pm, c, base, s - HALF, C, cols, s_c)
+        v = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         acc += v * v
-    m = pm[:, None] & (c < C)[None, :]
-    offs = base[:, None] + c[None, :].to(tl.int64) * s_c
+    m, offs = _at(pm, c, base, 0, C, cols, s_c)
     x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
     d = k + alpha * acc
     y = x * _rpow(d, beta, BETA_075)
@@ -72,24 +80,15 @@ def _lrn_fwd_kernel(X, Y, D, P, C, HW, s_n, s_c, s_p, cols, alpha, beta, k,
 def _lrn_bwd_kernel(G, X, D, DX, P, C, HW, s_n, s_c, s_p, cols, alpha, beta,
                     HALF: tl.constexpr, BETA_075: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.arange(0, BLOCK_C)
-    pm = p < P
-    n = (p // HW).to(tl.int64)
-    base = n * s_n + (p % HW).to(tl.int64) * s_p
-    group = c // cols
+    pm, c, base = _tile(P, HW, s_n, s_p, BLOCK_P, BLOCK_C)
     t = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for s in tl.static_range(0, 2 * HALF + 1):
-        j = c + (s - HALF)
-        ok = (j >= 0) & (j < C) & ((j // cols) == group)
-        m = pm[:, None] & ok[None, :]
-        o = base[:, None] + j[None, :].to(tl.int64) * s_c
+        m, o = _at(pm, c, base, s - HALF, C, cols, s_c)
         gj = tl.load(G + o, mask=m, other=0.0).to(tl.float32)
         xj = tl.load(X + o, mask=m, other=0.0).to(tl.float32)
         dj = tl.load(D + o, mask=m, other=1.0)
         t += gj * xj * _rpow1(dj, beta, BETA_075)
-    m = pm[:, None] & (c < C)[None, :]
-    offs = base[:, None] + c[None, :].to(tl.int64) * s_c
+    m, offs = _at(pm, c, base, 0, C, cols, s_c)
     g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
     x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
     d = tl.load(D + offs, mask=m, other=1.0)

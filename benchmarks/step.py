@@ -104,16 +104,24 @@ def _split_worker(rank, world, batch, steps, warmup, overlap, classes):
     torch.manual_seed(0)
     model = split_across_processes(dist.group.WORLD, num_classes=classes, overlap=overlap)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
-    g = torch.Generator().manual_seed(1)
+    return _timed_steps(model, opt, batch, classes, steps, warmup, seed=1)
+
+
+def _timed_steps(fwd, opt, batch, classes, steps, warmup, *, seed, finish=lambda: None):
+    """Per-step times of this rank; every step starts together (a barrier, untimed)."""
+    import torch.distributed as dist
+
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, 224, 224, generator=g)
     y = torch.randint(0, classes, (batch,), generator=g)
     times = []
     for i in range(warmup + steps):
         dist.barrier()
         t = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(fwd(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        finish()
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t)
@@ -140,21 +148,7 @@ def _hybrid_worker(rank, world, batch, steps, warmup, sync, classes):
     else:
         reducer = GradientReducer(model.parameters(), dp, world // 2, overlap=sync == "bucketed")
         finish = reducer.finish
-    g = torch.Generator().manual_seed(1 + mesh.get_local_rank("dp"))
-    x = torch.randn(batch, 3, 224, 224, generator=g)
-    y = torch.randint(0, classes, (batch,), generator=g)
-    times = []
-    for i in range(warmup + steps):
-        dist.barrier()
-        t = time.perf_counter()
-        loss = F.cross_entropy(fwd(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        finish()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+    return _timed_steps(fwd, opt, batch, classes, steps, warmup, seed=1 + mesh.get_local_rank("dp"), finish=finish)
 
 
 def measure_hybrid(batch, steps, warmup, *, sync, replicas=2, classes=1000):
