@@ -108,7 +108,8 @@ def _split_worker(rank, world, batch, steps, warmup, overlap, classes):
 
 
 def _timed_steps(fwd, opt, batch, classes, steps, warmup, *, seed, finish=lambda: None):
-    """Per-step times of this rank; every step starts together (a barrier, untimed)."""
+    """Per-step times of this rank, steps back to back as in training (one barrier before the
+    first timed step; the exchanges keep the ranks in step from there)."""
     import torch.distributed as dist
 
     g = torch.Generator().manual_seed(seed)
@@ -116,7 +117,8 @@ def _timed_steps(fwd, opt, batch, classes, steps, warmup, *, seed, finish=lambda
     y = torch.randint(0, classes, (batch,), generator=g)
     times = []
     for i in range(warmup + steps):
-        dist.barrier()
+        if i == warmup:
+            dist.barrier()
         t = time.perf_counter()
         loss = F.cross_entropy(fwd(x), y)
         opt.zero_grad(set_to_none=True)
@@ -155,7 +157,7 @@ def measure_hybrid(batch, steps, warmup, *, sync, replicas=2, classes=1000):
     from alexnet_mp.spawn import run_workers
 
     per_rank = run_workers(_hybrid_worker, 2 * replicas, (batch, steps, warmup, sync, classes), threads=1)
-    med = statistics.median(max(ts) for ts in zip(*per_rank))
+    med = max(statistics.median(ts) for ts in per_rank)
     return {"variant": f"hybrid-{replicas}x2-{sync}", "bf16": False, "channels_last": False, "compile": False,
             "graph": False, "batch": batch * replicas, "threads": "1 per process", "median_step_s": med,
             "images_per_s": batch * replicas / med}
@@ -165,7 +167,9 @@ def measure_split(batch, steps, warmup, *, overlap, classes=1000):
     from alexnet_mp.spawn import run_workers
 
     per_rank = run_workers(_split_worker, 2, (batch, steps, warmup, overlap, classes), threads=1)
-    med = statistics.median(max(ts) for ts in zip(*per_rank))  # a step ends when both columns have
+    # Each rank's median step, then the slower rank: the ranks run in lock-step (every step
+    # exchanges), and a per-step max would add the jitter of whichever rank is late each step.
+    med = max(statistics.median(ts) for ts in per_rank)  # a step ends when both columns have finished
     return {"variant": "split-2-processes" + ("-overlap" if overlap else ""), "bf16": False,
             "channels_last": False, "compile": False, "graph": False, "batch": batch, "threads": "1 per process",
             "median_step_s": med, "images_per_s": batch / med}
@@ -187,6 +191,9 @@ def main() -> None:
     p.add_argument("--variants",
                    default="alexnet-fast-lrn,alexnet-eager-lrn,alexnet-torch-lrn,split-one-process,torchvision-alexnet",
                    help="comma-separated subset (torchvision-alexnet is the yardstick and always runs)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat everything this many times, the order rotated, and report medians of the "
+                        "per-round figures and ratios (CPU: use 3 on a shared box)")
     p.add_argument("--json", help="write the rows here")
     a = p.parse_args()
     device = torch.device(a.device)
@@ -203,52 +210,76 @@ def main() -> None:
         if bad:
             p.error(f"--modes: unknown {bad}; choose from {list(known)}")
         modes = [known[m] for m in chosen]
+    def run_round(r: int) -> list[dict]:
+        rows = []
+        # Rotate the order each round, so that a change of load on this shared box falls on
+        # every variant alike; the ratios are taken within a round.
+        order = names[r % len(names):] + names[:r % len(names)]
+        for mode in modes:
+            for name in order:
+                try:
+                    rows.append(measure(name, device, a.batch_size, a.steps, a.warmup, **mode))
+                except Exception as e:  # one variant failing must not lose the others' figures
+                    print(f"{name} {mode}: FAILED {type(e).__name__}: {e}", flush=True)
+                    continue
+                _show(rows[-1], r)
+        if device.type == "cpu" and a.processes:
+            total = torch.get_num_threads()
+            torch.set_num_threads(1)
+            one = measure("alexnet-fast-lrn", device, a.batch_size, a.steps, a.warmup)
+            torch.set_num_threads(total)
+            one["variant"], one["threads"] = "alexnet-1-thread", 1
+            rows.append(one)
+            _show(one, r)
+            single = next(x for x in rows if x["variant"] == "alexnet-fast-lrn")  # needs it in --variants
+            for overlap in (False, True):
+                split = measure_split(a.batch_size, a.steps, a.warmup, overlap=overlap)
+                split["vs_single_process"] = split["median_step_s"] / single["median_step_s"]
+                split["scaling_efficiency"] = one["median_step_s"] / (2 * split["median_step_s"])
+                rows.append(split)
+                _show(split, r)
+        if device.type == "cpu" and a.hybrid:
+            for sync in ("flat", "bucketed", "ddp"):
+                rows.append(measure_hybrid(a.batch_size, a.steps, a.warmup, sync=sync))
+                _show(rows[-1], r)
+        base = {_mode(x): x for x in rows if x["variant"] == "torchvision-alexnet"}
+        for x in rows:
+            ref = base.get(_mode(x))
+            x["vs_torchvision_step"] = x["median_step_s"] / ref["median_step_s"] if ref else float("nan")
+        return rows
+
+    rounds = [run_round(r) for r in range(a.rounds)]
     rows = []
-    for mode in modes:
-        for name in names:
-            try:
-                rows.append(measure(name, device, a.batch_size, a.steps, a.warmup, **mode))
-            except Exception as e:  # one variant failing must not lose the others' figures
-                print(f"{name} {mode}: FAILED {type(e).__name__}: {e}", flush=True)
-                continue
-            r = rows[-1]
-            print(f"{name:<22} bf16={str(r['bf16']):<5} channels_last={str(r['channels_last']):<5} "
-                  f"compile={str(r['compile']):<5} graph={str(r['graph']):<5} step {r['median_step_s'] * 1e3:8.1f} ms  {r['images_per_s']:9.1f} img/s",
-                  flush=True)
-    if device.type == "cpu" and a.processes:
-        total = torch.get_num_threads()
-        torch.set_num_threads(1)
-        one = measure("alexnet-fast-lrn", device, a.batch_size, a.steps, a.warmup)
-        torch.set_num_threads(total)
-        one["variant"], one["threads"] = "alexnet-1-thread", 1
-        rows.append(one)
-        for overlap in (False, True):
-            rows.append(measure_split(a.batch_size, a.steps, a.warmup, overlap=overlap))
-        single = next(r for r in rows if r["variant"] == "alexnet-fast-lrn")  # needs it in --variants
-        print(f"\nthreads: single-process variants {total}; split 1 per process ({total} in all)")
-        for r in rows[-2:]:
-            print(f"{r['variant']:<28} step {r['median_step_s'] * 1e3:8.1f} ms  "
-                  f"split / one process ({total} threads): {r['median_step_s'] / single['median_step_s']:.2f}  "
-                  f"scaling efficiency (1 thread / 2 x split): {one['median_step_s'] / (2 * r['median_step_s']):.2f}")
-            r["vs_single_process"] = r["median_step_s"] / single["median_step_s"]
-            r["scaling_efficiency"] = one["median_step_s"] / (2 * r["median_step_s"])
-    if device.type == "cpu" and a.hybrid:
-        for sync in ("flat", "bucketed", "ddp"):
-            r = measure_hybrid(a.batch_size, a.steps, a.warmup, sync=sync)
-            rows.append(r)
-            print(f"{r['variant']:<28} step {r['median_step_s'] * 1e3:8.1f} ms  {r['images_per_s']:7.1f} img/s "
-                  f"(batch {r['batch']} over 2 replicas, 4 processes)", flush=True)
-    base = {(r["bf16"], r["compile"], r["graph"]): r for r in rows if r["variant"] == "torchvision-alexnet"}
-    for r in rows:
-        ref = base.get((r["bf16"], r["compile"], r["graph"]))
-        r["vs_torchvision_step"] = r["median_step_s"] / ref["median_step_s"] if ref else float("nan")
-    print("\nstep time relative to torchvision's alexnet in the same mode:")
-    for r in rows:
-        print(f"  {r['variant']:<22} bf16={r['bf16']!s:<5} compile={r['compile']!s:<5} graph={r['graph']!s:<5} "
-              f"{r['vs_torchvision_step']:.2f}x")
+    for first in rounds[0]:
+        same = [x for rr in rounds for x in rr if (x["variant"], *_mode(x)) == (first["variant"], *_mode(first))]
+        row = dict(first)
+        for key in ("median_step_s", "vs_torchvision_step", "vs_single_process", "scaling_efficiency"):
+            if key in row:
+                row[key + "_rounds"] = [x[key] for x in same]
+                row[key] = statistics.median(row[key + "_rounds"])
+        row["images_per_s"] = row["batch"] / row["median_step_s"]
+        rows.append(row)
+    print(f"\nmedians over {a.rounds} round(s); step time relative to torchvision's alexnet in the same mode:")
+    for x in rows:
+        line = (f"  {x['variant']:<26} bf16={x['bf16']!s:<5} compile={x['compile']!s:<5} graph={x['graph']!s:<5} "
+                f"step {x['median_step_s'] * 1e3:8.1f} ms {x['images_per_s']:9.1f} img/s  {x['vs_torchvision_step']:.2f}x")
+        if "scaling_efficiency" in x:
+            line += (f"  split / one process ({torch.get_num_threads()} threads) {x['vs_single_process']:.2f}, "
+                     f"scaling efficiency (1 thread / 2 x split) {x['scaling_efficiency']:.2f}")
+        print(line)
     if a.json:
         Path(a.json).write_text(json.dumps({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                                            "torch": torch.__version__, "rows": rows}, indent=2))
+                                            "torch": torch.__version__, "rounds": a.rounds, "rows": rows}, indent=2))
+
+
+def _mode(r: dict) -> tuple:
+    return r["bf16"], r["compile"], r["graph"]
+
+
+def _show(r: dict, round_: int) -> None:
+    print(f"[round {round_ + 1}] {r['variant']:<26} bf16={r['bf16']!s:<5} channels_last={r['channels_last']!s:<5} "
+          f"compile={r['compile']!s:<5} graph={r['graph']!s:<5} step {r['median_step_s'] * 1e3:8.1f} ms "
+          f"{r['images_per_s']:9.1f} img/s", flush=True)
 
 
 if __name__ == "__main__":
