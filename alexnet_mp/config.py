@@ -134,6 +134,7 @@ class TrainingConfig:
 
 
 GRAD_SYNC = ("ddp", "buckets", "flat")
+ONE_PROCESS = ("auto", "fused", "columns")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -144,6 +145,11 @@ class ParallelismConfig:
     """Replicas of the two-column model (0: world size / 2, or 1 in one process)."""
     overlap: bool = False
     """Start each exchange asynchronously and compute on the own column's half meanwhile (one column per process)."""
+    one_process: str = "auto"
+    """When one process holds both columns: ``columns`` runs them column by column with their
+    exchanges as device copies (measured like the real ones); ``fused`` runs them as the
+    single-device grouped network — the same function and parameters, much faster on a GPU;
+    ``auto``: ``fused`` when both columns share one CUDA device, else ``columns``."""
     grad_sync: str = "ddp"
     """How a column's gradients are averaged over its data-parallel replicas: ``ddp``
     (DistributedDataParallel on the dp sub-group, buckets all-reduced during backward),
@@ -154,6 +160,8 @@ class ParallelismConfig:
 
     def __post_init__(self) -> None:
         _check("parallelism", "data_parallel", self.data_parallel >= 0, "a whole number >= 0", self.data_parallel)
+        _check("parallelism", "one_process", self.one_process in ONE_PROCESS, " or ".join(map(repr, ONE_PROCESS)),
+               self.one_process)
         _check("parallelism", "grad_sync", self.grad_sync in GRAD_SYNC, " or ".join(map(repr, GRAD_SYNC)),
                self.grad_sync)
         _check("parallelism", "bucket_mb", self.bucket_mb > 0, "a size in MiB > 0", self.bucket_mb)

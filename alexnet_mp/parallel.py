@@ -28,8 +28,14 @@ class SplitAlexNet(nn.Module):
     two ranks never confuses the two columns' weights.
     """
 
-    def __init__(self, columns: Sequence[Column], exchange: Exchange, *, overlap: bool = False) -> None:
+    def __init__(self, columns: Sequence[Column], exchange: Exchange, *, overlap: bool = False,
+                 fused: bool = False) -> None:
         super().__init__()
+        if fused and not (isinstance(exchange, LocalExchange) and len(set(exchange.devices)) == 1):
+            raise DistributedError(
+                "fused = true runs the columns as one grouped network and needs every column in this "
+                f"process on one device; this placement has {getattr(exchange, 'devices', '?')}. Use it "
+                "for one GPU (or one CPU process), not with one column per process or per device.")
         if overlap and not isinstance(exchange, ProcessGroupExchange):
             raise DistributedError(
                 "Overlapping exchanges with compute needs one column per process (torchrun "
@@ -44,6 +50,14 @@ class SplitAlexNet(nn.Module):
         first = columns[0]
         self.num_classes = first.num_classes
         self._sees_both = {s.layer.name: s.layer.sees == "both" for s in first.shapes}
+        self.fused = fused
+        if fused:
+            # The single-device network's structure only (meta tensors, not a submodule, so it
+            # is in no state dict): its weights are the columns' halves, concatenated per step.
+            with torch.device("meta"):
+                net = AlexNet(self.num_classes, dropout=first.dropout, lrn_alpha=first.lrn.alpha,
+                              lrn_impl=first.lrn.impl)
+            self._net = (net,)
 
     @property
     def stats(self) -> ExchangeStats:
@@ -51,6 +65,8 @@ class SplitAlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         columns = list(self.columns.values())
+        if self.fused:
+            return self._fused_forward(columns, x)
         hs = self.exchange.scatter_input(x)
         for name in columns[0].layer_names:
             if self._sees_both[name] and self.overlap:
@@ -61,6 +77,18 @@ class SplitAlexNet(nn.Module):
                 hs = self.exchange.gather(name, hs)
             hs = [col.block(name, h) for col, h in zip(columns, hs)]
         return self.exchange.output(self.exchange.gather(L.LOGITS, hs))
+
+    def _fused_forward(self, columns: list[Column], x: torch.Tensor) -> torch.Tensor:
+        """Both columns as the single-device network (grouped conv2/4/5, per-column LRN):
+        every weight is its column halves concatenated along dim 0 (alexnet_mp.convert's
+        layout), so gradients flow back to the columns' own parameters. No exchange happens —
+        the grouped layers read both halves from the same memory — so nothing is recorded in
+        :attr:`stats`."""
+        (net,) = self._net
+        net.train(self.training)
+        params = {f"{name}.{p}": torch.cat([getattr(getattr(c, name), p) for c in columns], dim=0)
+                  for name in columns[0].layer_names for p in ("weight", "bias")}
+        return torch.func.functional_call(net, params, (x.to(self.exchange.devices[0]),))
 
     def _overlapped(self, column: Column, name: str, own: torch.Tensor) -> torch.Tensor:
         """Layer ``name`` on this column's part while the other columns' parts are in flight."""
@@ -83,14 +111,18 @@ def _auto_devices() -> list[torch.device]:
 
 
 def split_in_one_process(devices: Sequence[torch.device | str] | None = None, *,
-                         num_classes: int = 1000, stats: ExchangeStats | None = None,
+                         num_classes: int = 1000, stats: ExchangeStats | None = None, fused: bool = False,
                          **column_kwargs) -> SplitAlexNet:
     """Both columns in this process: on ``cuda:0`` and ``cuda:1`` when two GPUs are visible
-    (as the paper ran), both on one GPU when there is one, else on the CPU."""
+    (as the paper ran), both on one GPU when there is one, else on the CPU.
+
+    ``fused=True`` (both columns on one device only) runs them as the single-device grouped
+    network — the same function and parameters, without per-column kernels or exchange
+    copies; on one GPU that is what makes it fast (docs/benchmarks.md)."""
     devices = list(devices) if devices is not None else _auto_devices()
     exchange = LocalExchange(devices, stats)
     columns = [Column(i, num_classes, **column_kwargs).to(d) for i, d in enumerate(exchange.devices)]
-    return SplitAlexNet(columns, exchange)
+    return SplitAlexNet(columns, exchange, fused=fused)
 
 
 def default_backend() -> Literal["nccl", "gloo"]:

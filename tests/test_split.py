@@ -202,3 +202,28 @@ def test_overlap_in_one_process_is_refused():
 
     with pytest.raises(DistributedError, match="one column per process"):
         SplitAlexNet([Column(0), Column(1)], LocalExchange(["cpu", "cpu"]), overlap=True)
+
+
+def test_fused_needs_both_columns_on_one_device():
+    from alexnet_mp.errors import DistributedError
+    from alexnet_mp.exchange import LocalExchange
+    from alexnet_mp.model import Column
+
+    with pytest.raises(DistributedError, match="fused = true .* needs every column in this process on one device"):
+        SplitAlexNet([Column(0, 10), Column(1, 10).to("meta")], LocalExchange(["cpu", "meta"]), fused=True)
+
+
+def test_fused_is_the_single_device_network_on_the_columns_parameters():
+    torch.manual_seed(0)
+    ref = AlexNet(CLASSES, dropout=0.0)
+    fused = split_in_one_process(["cpu", "cpu"], num_classes=CLASSES, dropout=0.0, fused=True)
+    fused.load_reference_state(ref.state_dict())
+    assert list(fused.state_dict()) == list(split_in_one_process(["cpu", "cpu"], num_classes=CLASSES).state_dict())
+    x, y = torch.randn(3, 3, 224, 224), torch.randint(0, CLASSES, (3,))
+    F.cross_entropy(fused(x), y).backward()
+    F.cross_entropy(ref(x), y).backward()
+    grads = from_columns([{k.split(".", 2)[2]: p.grad for k, p in fused.named_parameters()
+                           if k.startswith(f"columns.column{c}.")} for c in range(2)])
+    for name, p in ref.named_parameters():
+        assert torch.equal(grads[name], p.grad), name  # the very same ops: bit for bit
+    assert fused.stats.total_bytes() == 0  # nothing is exchanged

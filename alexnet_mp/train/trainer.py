@@ -81,7 +81,12 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> SplitAlexNet:
     from ..model import AlexNet
 
     reference = AlexNet(**kwargs).state_dict()
+    one = cfg.parallelism.one_process
     if layout.distributed:
+        if one == "fused":
+            raise ConfigError(f"[parallelism] one_process = \"fused\" applies when one process holds both columns; "
+                              f"this run has one column per process ({layout.world_size} processes). Leave it "
+                              "\"auto\" or run a single process.")
         model = split_across_processes(layout.mp_group, device=layout.devices[0],
                                        overlap=cfg.parallelism.overlap, **kwargs)
     elif cfg.parallelism.overlap:
@@ -89,7 +94,13 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> SplitAlexNet:
                           f"--nproc_per_node={L.COLUMNS} or 2 x D); this run holds both columns in one process, "
                           "where an exchange is a device copy with nothing to overlap. Set overlap = false.")
     else:
-        model = split_in_one_process(layout.devices, **kwargs)
+        devices = layout.devices  # one per column
+        one_device = len(set(devices)) == 1
+        if one == "fused" and not one_device:
+            raise ConfigError(f"[parallelism] one_process = \"fused\" needs both columns on one device; this "
+                              f"process holds them on {', '.join(map(str, devices))}. Use \"columns\" (or \"auto\").")
+        fused = one == "fused" or (one == "auto" and one_device and devices[0].type == "cuda")
+        model = split_in_one_process(layout.devices, fused=fused, **kwargs)
     model.load_reference_state(reference)
     return model
 
