@@ -112,6 +112,25 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+# gloo and NCCL want the world stacked into dim 0, (W*B, C, ...); the layers want the columns'
+# parts side by side in dim 1, (B, W*C, ...). These convert, and make the buffers.
+
+def _gather_buffer(part: torch.Tensor, world: int) -> torch.Tensor:
+    return part.new_empty((world * part.shape[0], *part.shape[1:]))
+
+
+def _side_by_side(stacked: torch.Tensor, world: int) -> torch.Tensor:
+    return torch.cat(stacked.chunk(world, dim=0), dim=1)
+
+
+def _stacked(full: torch.Tensor, world: int) -> torch.Tensor:
+    return torch.cat(full.chunk(world, dim=1), dim=0).contiguous()
+
+
+def _scatter_buffer(full: torch.Tensor, world: int) -> torch.Tensor:
+    return full.new_empty((full.shape[0], full.shape[1] // world, *full.shape[2:]))
+
+
 class Exchange(ABC):
     """How the columns held by this process reach the others."""
 
@@ -144,18 +163,17 @@ class _AllGather(torch.autograd.Function):
         ctx.group, ctx.stats, ctx.column, ctx.name = group, stats, column, name
         world = dist.get_world_size(group)
         x = x.contiguous()
-        # gloo and NCCL want the world stacked into dim 0: (W*B, ...), then a cat to dim 1.
-        stacked = x.new_empty((world * x.shape[0], *x.shape[1:]))
+        stacked = _gather_buffer(x, world)
         with _Timer(stats, [x]) as t:
             all_gather_dim0(stacked, x, group=group)
         stats.record(column, name, "forward", _nbytes(x) * (world - 1), t.seconds)
-        return torch.cat(stacked.chunk(world, dim=0), dim=1)
+        return _side_by_side(stacked, world)
 
     @staticmethod
     def backward(ctx, grad):
         world = dist.get_world_size(ctx.group)
-        stacked = torch.cat(grad.chunk(world, dim=1), dim=0).contiguous()
-        out = grad.new_empty((grad.shape[0], grad.shape[1] // world, *grad.shape[2:]))
+        stacked = _stacked(grad, world)
+        out = _scatter_buffer(grad, world)
         with _Timer(ctx.stats, [grad]) as t:
             _reduce_scatter(out, stacked, op=dist.ReduceOp.SUM, group=ctx.group)
         ctx.stats.record(ctx.column, ctx.name, "backward", _nbytes(out) * (world - 1), t.seconds)
@@ -196,23 +214,21 @@ class _OverlappedLayer(torch.autograd.Function):
         group = pending.group
         world, c = dist.get_world_size(group), dist.get_rank(group)
         own = own.contiguous()
-        stacked = own.new_empty((world * own.shape[0], *own.shape[1:]))
+        stacked = _gather_buffer(own, world)
         pending.start(all_gather_dim0(stacked, own, group=group, async_op=True), stacked)
-        width = own.shape[1]
+        width, nbytes = own.shape[1], _nbytes(own) * (world - 1)
 
         def part(x, j, b):
             w = weight.narrow(1, j * width, width)
             return F.conv2d(x, w, b, *conv) if conv else F.linear(x, w, b)
 
         out = part(own, c, bias)
-        parts = pending.wait("forward", _nbytes(own) * (world - 1)).chunk(world, dim=0)
+        parts = pending.wait("forward", nbytes).chunk(world, dim=0)
         for j in range(world):
             if j != c:
                 out = out.add_(part(parts[j], j, None))
-        full = torch.cat(parts, dim=1)
-        ctx.save_for_backward(full, weight)
-        ctx.pending, ctx.conv, ctx.world, ctx.has_bias = pending, conv, world, bias is not None
-        ctx.nbytes = _nbytes(own) * (world - 1)
+        ctx.save_for_backward(_side_by_side(stacked, world), weight)
+        ctx.pending, ctx.conv, ctx.world, ctx.has_bias, ctx.nbytes = pending, conv, world, bias is not None, nbytes
         return out
 
     @staticmethod
@@ -226,8 +242,7 @@ class _OverlappedLayer(torch.autograd.Function):
             grad_in = torch.ops.aten.convolution_backward(g, *args, (True, False, False))[0]
         else:
             grad_in = g @ w
-        stacked = torch.cat(grad_in.chunk(world, dim=1), dim=0).contiguous()
-        own_grad = grad_in.new_empty((grad_in.shape[0], grad_in.shape[1] // world, *grad_in.shape[2:]))
+        own_grad, stacked = _scatter_buffer(grad_in, world), _stacked(grad_in, world)  # alive until the wait
         pending.start(_reduce_scatter(own_grad, stacked, op=dist.ReduceOp.SUM, group=pending.group,
                                       async_op=True), own_grad)
         if conv:

@@ -1,7 +1,8 @@
 """Training-step speed of the faithful net, side by side in one run, as medians.
 
-    python benchmarks/step.py --device cpu --batch-size 16 --processes   # this CPU box: ratios
-    python benchmarks/step.py --device cuda --batch-size 128              # one GPU: images/s, fp32 and bf16
+    python benchmarks/step.py --device cpu --batch-size 16 --processes --rounds 3   # this CPU box: ratios
+    python benchmarks/step.py --device cpu --batch-size 8 --hybrid                   # gradient sync, 4 processes
+    python benchmarks/step.py --device cuda --batch-size 128 --modes bf16,graph      # one GPU: images/s
 
 ``--processes`` (CPU) adds the split across two gloo processes of one thread each, with the
 exchanges overlapped and not, and the single-device net on one thread — the comparisons of
@@ -14,8 +15,10 @@ nn.LocalResponseNorm; both columns in one process (the split's one-process place
 torchvision's alexnet (the 2014 one-device network, for scale). On CUDA each runs in fp32,
 in bf16 autocast with channels_last, and in bf16 + channels_last with the whole step
 (forward, backward, fused SGD) captured as one CUDA graph (alexnet_mp.graphs), and
-optionally under torch.compile. Synthetic data: the loader is measured by
-benchmarks/loader.py.
+optionally under torch.compile. Every variant steps with fused SGD, as the trainer does.
+``--rounds N`` repeats everything N times in rotated order and reports medians (and the
+per-round figures in the JSON): single runs on a shared box scatter by several percent.
+Synthetic data: the loader is measured by benchmarks/loader.py.
 """
 
 from __future__ import annotations
