@@ -45,3 +45,37 @@ def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([128 + 100 * np.sin(xx / 7.0), 128 + 100 * np.cos(yy / 5.0), (xx + yy) % 256], -1)
     return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def corrupt_scan_data(jpeg: bytes) -> bytes:
+    """``jpeg`` with 256 bytes in the middle of its entropy-coded data overwritten, header and ``FF D9`` kept.
+
+    The garbage opens with ``FF 7B``, which is no JPEG marker: libjpeg gives up on it
+    ("Unsupported marker type"), PIL raises "broken data stream", DALI decodes garbage with a
+    warning. The header and the end marker are intact, so a header-and-tail check passes it.
+    """
+    sos = jpeg.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+    mid = (start + len(jpeg) - 2) // 2
+    garbage = b"\xff\x7b" + bytes((i * 73 + 29) % 255 for i in range(254))  # no other 0xFF
+    return jpeg[:mid] + garbage + jpeg[mid + len(garbage):]
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A tiny valid JPEG whose frame header (SOF0) claims ``width`` x ``height`` pixels."""
+    small = bytearray(jpeg_bytes(textured(16, 16)))
+    sof = small.index(b"\xff\xc0")
+    small[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(small)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG (valid chunks and CRCs) whose IHDR claims ``width`` x ``height`` RGB pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))

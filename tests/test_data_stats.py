@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from alexnet_mp.data import build_eval_loader
 from alexnet_mp.data.augment import load_color_stats
 from alexnet_mp.errors import ConfigError
 
-from data_fixtures import cfg_for
+from data_fixtures import cfg_for, corrupt_scan_data, jpeg_bytes, textured
 
 
 @pytest.fixture()
@@ -59,3 +62,53 @@ def test_dataset_stats_missing_file_is_a_config_error(flat_root, tmp_path):
     root, _ = flat_root
     with pytest.raises(ConfigError, match="color_stats.json does not exist; run `alexnet-mp dataset-stats"):
         load_color_stats(cfg_for(root, tmp_path, color_stats="dataset"))
+
+
+def test_dataset_stats_skips_a_corrupt_training_file(flat_root, tmp_path, monkeypatch, caplog):
+    root, colours = flat_root
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    victim = root / "train" / "a" / "corrupt.jpg"
+    victim.write_bytes(corrupt_scan_data(jpeg_bytes(textured(300, 260))))
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main, ["dataset-stats", str(root), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"{victim}: corrupt JPEG data" in caplog.text  # the scan's warning names it
+    stats = json.loads((root / "color_stats.json").read_text())
+    assert np.allclose(stats["mean"], colours.mean(0), atol=1e-5)  # the six flat images alone
+    assert "(1 undecodable files skipped)" in stats["source"]
+
+
+def test_dataset_stats_writes_its_json_whole_or_not_at_all(flat_root, tmp_path, monkeypatch):
+    root, _ = flat_root
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    out = root / "color_stats.json"
+    out.write_text("previous statistics\n")
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    result = CliRunner().invoke(main, ["dataset-stats", str(root), "--quiet"])
+    assert result.exit_code == 2
+    assert f"cannot write the statistics to {out}: No space left on device; choose another file with --out" \
+        in result.output
+    assert out.read_text() == "previous statistics\n"
+    assert sorted(p.name for p in root.iterdir()) == ["color_stats.json", "train", "val"]  # no temporary left
+
+
+def test_dataset_stats_reports_an_unwritable_out(flat_root, tmp_path, monkeypatch):
+    root, _ = flat_root
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    out = tmp_path / "missing" / "stats.json"
+    result = CliRunner().invoke(main, ["dataset-stats", str(root), "--quiet", "--out", str(out)])
+    assert result.exit_code == 2 and f"cannot write the statistics to {out}: No such file" in result.output
+
+
+@pytest.mark.parametrize("args, needle", [(["--seed", "-1"], "--seed -1: use a whole number >= 0"),
+                                          (["--images", "0"], "--images 0: use a whole number >= 1")])
+def test_dataset_stats_bad_numbers_are_named(flat_root, tmp_path, monkeypatch, args, needle):
+    root, _ = flat_root
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    result = CliRunner().invoke(main, ["dataset-stats", str(root), "--quiet", *args])
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert not (root / "color_stats.json").exists()

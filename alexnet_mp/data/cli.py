@@ -37,14 +37,12 @@ def dataset_stats_command(directory, images, seed, out, quiet):
     from .config import STATS_FILE_NAME
     from .stats import compute_color_stats, write_color_stats
 
-    if images < 1:
-        raise DataError(f"--images {images}: sample at least 1 image.")
     stats = compute_color_stats(directory, images=images, seed=seed, progress=not quiet)
     try:
         path = write_color_stats(stats, out or directory / STATS_FILE_NAME)
     except OSError as err:
-        raise DataError(f"cannot write the statistics to {out or directory / STATS_FILE_NAME}: {err}; "
-                        "choose another file with --out.") from None
+        raise DataError(f"cannot write the statistics to {out or directory / STATS_FILE_NAME}: "
+                        f"{err.strerror or err}; choose another file with --out.") from None
     click.echo(f"mean {list(stats.mean)}  std {list(stats.std)}  eigval {list(stats.eigval)}")
     click.echo(f"wrote {path}")
 

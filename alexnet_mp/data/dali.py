@@ -98,25 +98,37 @@ class DaliBatches:
                 yield out[0]["images"], out[0]["labels"].reshape(-1).long()
                 step += 1
         except RuntimeError as err:
-            raise _decode_error(self.files[step * self.batch_size:(step + 3) * self.batch_size], err) from None
+            lo, hi = step * self.batch_size, (step + 3) * self.batch_size
+            raise _decode_error(self.files[lo:hi], err, ends=(self.params[0] + self.params[1])[lo:hi]) from None
         finally:
             del pipe
 
 
-def _decode_error(candidates: list[str], err: Exception) -> DataError:
-    """Names the file DALI could not decode (PIL re-decodes the batch in flight to find it)."""
+def _decode_error(candidates: list[str], err: Exception, ends=None) -> DataError:
+    """Names the file DALI could not decode (PIL re-decodes the batch in flight to find it).
+
+    ``ends``: each candidate's decode window end (y, x) from the scanned size; a file now
+    smaller than its window was replaced after the scan.
+    """
     from PIL import Image
 
-    for path in candidates:
+    for k, path in enumerate(candidates):
         try:
             with Image.open(path) as im:
                 im.load()
+                h, w = im.height, im.width
         except Exception as bad:  # any failure here is the answer we are looking for
             return DataError(f"{path} cannot be decoded ({bad}); remove it, or rescan with [data] "
                              "on_bad_file = \"skip\" after deleting the cached index.")
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if ends is not None and (h < ends[k][0] or w < ends[k][1]):
+            return DataError(f"{path} is {w}x{h} pixels, smaller than when the dataset was scanned: it changed "
+                             "since; delete the cached file index ([data] cache_dir, default ~/.cache/alexnet-mp) "
+                             "so the next run rescans.")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = (lines[lines.index("encountered:") + 1] if "encountered:" in lines[:-1]  # DALI's operator errors
+            else (lines or [type(err).__name__])[0])
     return DataError(f"DALI failed while decoding one of {candidates[0]} … ({len(candidates)} files in flight): "
-                     f"{first}")
+                     f"{said}")
 
 
 def dali_params(sizes, mirror, offsets, shift, stats, *, ten_crop: bool, region_decode: bool = True):

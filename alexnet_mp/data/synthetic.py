@@ -6,13 +6,16 @@ at a random position, scale and rotation over a noisy colour gradient with clutt
 shapes of any kind and colour), at a photograph-like size and aspect ratio, and about one
 in twenty is saved grayscale (so hue alone never decides). Objects stay near the centre
 so that a random 224 crop of the 256 centre square (the paper's augmentation) keeps them.
-The same ``seed`` writes byte-identical files.
+The same ``seed`` writes byte-identical files. The folder appears whole or not at all: the
+images are written to a hidden folder inside the root and renamed into place at the end.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -181,17 +184,87 @@ def make_dataset(
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Writes ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``; returns ``root``."""
+    """Writes ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``; returns ``root``.
+
+    Atomic: an exception or Ctrl-C leaves no ``train/`` or ``val/`` (nor a ``root`` it created),
+    so the corrected rerun works; ``train/``, which means "the dataset exists", appears last.
+    """
+    _check_options(classes, train_per_class, val_per_class, seed)
+    root = Path(root)
+    _check_target(root)
+    created = _missing_folders(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".make-dataset-", dir=root))
+    except OSError as err:
+        _remove_empty(created)
+        raise DataError(f"cannot create the dataset folder {root}: {err.strerror or err}; choose a folder "
+                        "you can write.") from None
+    placed = []
+    try:
+        _write_images(work, root, classes, train_per_class, val_per_class, seed, progress)
+        for split in ("val", "train"):
+            (work / split).replace(root / split)
+            placed.append(root / split)
+    except BaseException as err:
+        for path in placed:
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        _remove_empty(created)
+        if isinstance(err, OSError):
+            raise DataError(f"cannot write the dataset to {root}: {err}; nothing was left behind.") from None
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # empty by now
+    return root
+
+
+def _check_options(classes: int, train_per_class: int, val_per_class: int, seed: int) -> None:
+    """A ``DataError`` naming the first option out of range, before anything is written."""
     if not 2 <= classes <= MAX_CLASSES:
         raise DataError(f"--classes {classes}: use between 2 and {MAX_CLASSES} classes.")
     if train_per_class < 1 or val_per_class < 1:
         raise DataError(
             f"--train-per-class {train_per_class} / --val-per-class {val_per_class}: use at least 1 image each."
         )
-    root = Path(root)
+    if seed < 0:
+        raise DataError(f"--seed {seed}: use a whole number >= 0.")
+
+
+def _check_target(root: Path) -> None:
+    """A ``DataError`` unless ``root`` is a folder (or absent) with no non-empty ``train/`` or ``val/``."""
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} is a file; make-dataset writes a folder (DIR/train/<class>/*.jpg, DIR/val/…).")
     for split in ("train", "val"):
-        if (root / split).exists() and any((root / split).iterdir()):
-            raise DataError(f"{root / split} already exists and is not empty; choose a new folder or remove it.")
+        path = root / split
+        try:
+            used = path.exists() and (not path.is_dir() or any(path.iterdir()))
+        except OSError as err:
+            raise DataError(f"cannot read {path}: {err.strerror or err}.") from None
+        if used:
+            raise DataError(f"{path} already exists and is not empty; choose a new folder or remove it.")
+
+
+def _missing_folders(root: Path) -> list[Path]:
+    """``root`` and its ancestors that do not exist yet, deepest first: what a failed run removes."""
+    missing = []
+    for path in (root, *root.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def _write_images(work: Path, root: Path, classes: int, train_per_class: int, val_per_class: int, seed: int,
+                  progress: bool) -> None:
+    """Every image into ``work/<split>/<class>/``; the progress bar names ``root``."""
     jobs = [
         (split, k, i)
         for split, n in (("train", train_per_class), ("val", val_per_class))
@@ -200,7 +273,7 @@ def make_dataset(
     ]
     for split in ("train", "val"):
         for k in range(classes):
-            (root / split / class_name(k)).mkdir(parents=True, exist_ok=True)
+            (work / split / class_name(k)).mkdir(parents=True)
     bar = click.progressbar(jobs, label=f"make-dataset {root}", file=sys.stderr) if progress else None
     it = bar.__enter__() if bar else jobs
     try:
@@ -208,9 +281,8 @@ def make_dataset(
             # One generator per image: any single file can be regenerated on its own.
             rng = np.random.default_rng([seed, 0 if split == "train" else 1, k, i])
             img = render(k, rng)
-            img.save(root / split / class_name(k) / f"{split}_{k:03d}_{i:05d}.jpg", "JPEG",
+            img.save(work / split / class_name(k) / f"{split}_{k:03d}_{i:05d}.jpg", "JPEG",
                      quality=int(rng.integers(75, 96)))
     finally:
         if bar:
             bar.__exit__(None, None, None)
-    return root

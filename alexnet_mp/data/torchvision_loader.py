@@ -6,6 +6,8 @@ For comparison with DALI and for machines without it. Geometry is the textbook o
 The decoders are PIL or ``torchvision.io.decode_jpeg`` (via ``decode_image``, which also
 reads the PNGs a folder may hold). Differences from DALI, measured in the tests: a few
 grey levels at most, from the resampling filters' arithmetic, not from the geometry.
+A file that no longer decodes, or changed size, after the scan is a ``DataError`` naming it,
+raised in the main process even when a worker found it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from ..errors import DataError
 from .augment import CROP, RESIZE, TEN_PATCHES, centre_offset, resized_size
 
 
@@ -34,6 +37,7 @@ class PlannedImages(Dataset):
 
     def __init__(self, *, files, labels, sizes, offsets, mirror, shift, mean, std, decoder, ten_crop):
         self.files, self.labels, self.decoder, self.ten_crop = files, labels, decoder, ten_crop
+        self.sizes = sizes
         self.resized = resized_size(sizes)
         self.top_left = centre_offset(self.resized)
         self.offsets, self.mirror = offsets, mirror
@@ -44,8 +48,26 @@ class PlannedImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def _image(self, i: int) -> torch.Tensor:
+        """File ``i`` decoded, or a ``DataError`` naming it: it broke or changed size after the scan."""
+        path, rescan = self.files[i], ("it changed after the dataset was scanned: remove or replace it and delete "
+                                       "the cached file index ([data] cache_dir, default ~/.cache/alexnet-mp) so "
+                                       "the next run rescans.")
+        try:
+            img = _decode(path, self.decoder)
+        except Exception as err:  # any decoder failure here is this file's
+            stricter = (" If it did not change, decode_jpeg rejects what the scan's PIL decode accepted (e.g. a "
+                        "damaged marker after the image data): set [data] torchvision_decoder = \"pil\"."
+                        if self.decoder == "decode_jpeg" else "")
+            raise DataError(f"{path} cannot be decoded ({' '.join(str(err).split()) or type(err).__name__}); "
+                            + rescan + stricter) from None
+        (h, w), (h0, w0) = img.shape[1:], self.sizes[i]
+        if (h, w) != (h0, w0):
+            raise DataError(f"{path} is {w}x{h} pixels, {w0}x{h0} when the dataset was scanned; " + rescan)
+        return img
+
     def __getitem__(self, i: int):
-        img = _decode(self.files[i], self.decoder)
+        img = self._image(i)
         img = F.resize(img, [int(v) for v in self.resized[i]], antialias=True)
         top, left = (int(v) for v in self.top_left[i])
         img = img[:, top:top + RESIZE, left:left + RESIZE]
@@ -80,5 +102,16 @@ class TorchvisionBatches:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels in self.loader:
-            yield images, labels.long()
+        try:
+            for images, labels in self.loader:
+                yield images, labels.long()
+        except DataError as err:
+            raise _unwrapped(err) from None
+
+
+def _unwrapped(err: DataError) -> DataError:
+    """The one paragraph of a worker's ``DataError``, which arrives as "Caught DataError in DataLoader worker …"
+    followed by the worker's traceback, whose last line is the original message."""
+    last_line = f"\n{DataError.__module__}.{DataError.__qualname__}: "
+    text = str(err).strip()
+    return DataError(text.rsplit(last_line, 1)[1]) if last_line in text else err
