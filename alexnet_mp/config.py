@@ -315,8 +315,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 tables = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist; the configs/ folder has examples.") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path} is not valid TOML: {err}.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config {path} is a folder; give a TOML file such as configs/quickstart.toml.") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read ({err.strerror or err}).") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not valid TOML (a UTF-8 text file of [section] tables): {err}.") from None
     for item in overrides:
         section, key, value = _parse_override(item)
         tables.setdefault(section, {})[key] = value

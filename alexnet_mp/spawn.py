@@ -2,7 +2,12 @@
 
 Used by ``alexnet-mp verify`` / ``profile`` and by the tests: two processes on one CPU are
 two devices (gloo); with enough GPUs each rank gets its own (NCCL). Results come back as
-pickled return values; a worker's exception is re-raised in the parent with its text.
+pickled return values through files in a private temporary folder (mode 0700) that only
+this run writes; a worker's exception is re-raised in the parent with its text.
+
+Nothing listens beyond this machine: the ranks meet through a ``FileStore`` in that folder
+(no TCP store server), and gloo's and NCCL's own connections are bound to the loopback
+interface (``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME``).
 """
 
 from __future__ import annotations
@@ -27,24 +32,28 @@ class WorkerError(RuntimeError):
     """A worker process failed; carries its traceback text."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback interface (``lo`` on Linux, ``lo0`` on macOS)."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in names if n in ("lo", "lo0")), None)
 
 
-def _entry(rank: int, fn: Callable, world: int, backend: str, port: int, outdir: str,
-           args: tuple, threads: int | None) -> None:
+def _entry(rank: int, fn: Callable, world: int, backend: str, outdir: str, args: tuple, threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    lo = loopback_interface()
+    if lo:
+        os.environ.update(GLOO_SOCKET_IFNAME=lo, NCCL_SOCKET_IFNAME=lo)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     result: dict[str, Any]
     try:
         if backend == "nccl":
             torch.cuda.set_device(rank)
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                init_method=f"tcp://127.0.0.1:{port}")
+        store = dist.FileStore(str(Path(outdir) / "store"), world)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
         try:
             result = {"ok": fn(rank, world, *args)}
         finally:
@@ -66,7 +75,7 @@ def run_workers(fn: Callable[..., Any], world: int = 2, args: tuple = (), *,
     intra-op threads (torchrun uses 1).
     """
     with tempfile.TemporaryDirectory(prefix="alexnet-mp-workers-") as outdir:
-        ctx = mp.start_processes(_entry, args=(fn, world, backend, free_port(), outdir, args, threads),
+        ctx = mp.start_processes(_entry, args=(fn, world, backend, outdir, args, threads),
                                  nprocs=world, join=False, start_method="spawn")
         try:
             while not ctx.join():

@@ -10,6 +10,7 @@ from alexnet_mp import layers as L
 from alexnet_mp.convert import from_columns
 from alexnet_mp.exchange import DIRECTIONS
 from alexnet_mp.parallel import SplitAlexNet, split_across_processes, split_in_one_process
+from alexnet_mp import verify as V
 from alexnet_mp.spawn import run_workers
 
 CLASSES = 10
@@ -19,10 +20,11 @@ def rel(a, b):
     return (torch.linalg.vector_norm(a.double() - b.double()) / torch.linalg.vector_norm(b.double())).item()
 
 
-# Several SGD steps are compared in float64. In fp32 the single-device net disagrees with
-# *itself* by ~2% in conv1's gradient after one step on random data when run on 1 vs 2
-# threads (summation order flips ReLUs), so fp32 cannot tell a split bug from noise there.
-MULTI_STEP_DTYPE, MULTI_STEP_TOL = torch.float64, 1e-9
+# fp32 early-layer gradients are ill-conditioned here (max-pool near-ties flip on rounding), so
+# the split is judged in float64 (one step and three SGD steps, gate verify.FLOAT64_TOLERANCE),
+# and in fp32 only against a float64 reference, relative to the single-device model's own fp32
+# error (verify.FLOAT32_FACTOR), never fp32 against fp32.
+F64 = torch.float64
 
 
 def batch(n, seed, dtype=torch.float32):
@@ -34,7 +36,7 @@ def sgd(params):
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
-def train(model, steps, batch_size=4, dtype=torch.float32):
+def train(model, steps, batch_size=2, dtype=F64):
     """Run ``steps`` SGD steps; return the first step's logits, loss and gradients."""
     opt = sgd(model.parameters())
     first = None
@@ -59,55 +61,83 @@ def column_weights(split: SplitAlexNet):
     return {c.index: {n: p.detach().clone() for n, p in c.named_parameters()} for c in split.columns.values()}
 
 
-def test_one_process_split_equals_reference_and_trains_the_same():
+def reference64():
     torch.manual_seed(0)
-    ref = AlexNet(CLASSES, dropout=0.0)
-    split = split_in_one_process(["cpu", "cpu"], num_classes=CLASSES, dropout=0.0)
+    return AlexNet(CLASSES, dropout=0.0).to(F64)
+
+
+def assert_float64_equal(a: dict, b: dict) -> None:
+    for name, want in b.items():
+        assert rel(a[name], want) <= V.FLOAT64_TOLERANCE, name
+
+
+def test_one_process_split_equals_reference_in_float64_and_trains_the_same():
+    ref = reference64()
+    initial = {n: p.detach().clone() for n, p in ref.named_parameters()}
+    split = split_in_one_process(["cpu", "cpu"], num_classes=CLASSES, dropout=0.0).to(F64)
     split.load_reference_state(ref.state_dict())
-    r_logits, r_loss, r_grads = train(ref, 1)
-    s_logits, s_loss, s_grads = train(split, 1)
-    assert rel(s_logits, r_logits) <= 1e-5 and rel(s_loss, r_loss) <= 1e-5
-    merged = from_columns([g for _, g in sorted(column_grads(split, s_grads).items())])
-    for name, g in r_grads.items():
-        assert rel(merged[name], g) <= 1e-5, name
-    split.stats.reset()
-    # three more SGD steps with momentum and weight decay, from the same weights
-    ref, split = ref.to(MULTI_STEP_DTYPE), split.to(MULTI_STEP_DTYPE)
-    split.load_reference_state(ref.state_dict())
-    train(ref, 3, batch_size=2, dtype=MULTI_STEP_DTYPE)
-    train(split, 3, batch_size=2, dtype=MULTI_STEP_DTYPE)
-    weights = from_columns([w for _, w in sorted(column_weights(split).items())])
-    for name, w in ref.named_parameters():
-        assert rel(weights[name], w.detach()) <= MULTI_STEP_TOL, name
-    assert not torch.equal(weights["conv1.weight"], AlexNet(CLASSES).conv1.weight)
-    # three steps: every exchange ran three times each way, with the analytic bytes each time
-    analytic = L.exchange_bytes(2, num_classes=CLASSES)
+    r_logits, r_loss, r_grads = train(ref, 3)
+    s_logits, s_loss, s_grads = train(split, 3)
+    # three steps: every exchange ran three times each way, with the analytic bytes (float64) each time
+    analytic = L.exchange_bytes(2, num_classes=CLASSES, element_size=8)
     for c in range(2):
         for d in DIRECTIONS:
-            assert split.stats.bytes(c, d) == {k: 3 * 2 * v for k, v in analytic.items()}  # float64
+            assert split.stats.bytes(c, d) == {k: 3 * v for k, v in analytic.items()}
+    assert rel(s_logits, r_logits) <= V.FLOAT64_TOLERANCE and rel(s_loss, r_loss) <= V.FLOAT64_TOLERANCE
+    assert_float64_equal(from_columns([g for _, g in sorted(column_grads(split, s_grads).items())]), r_grads)
+    weights = from_columns([w for _, w in sorted(column_weights(split).items())])
+    assert_float64_equal(weights, {n: p.detach() for n, p in ref.named_parameters()})
+    assert all(rel(weights[n], w) > 1e-6 for n, w in initial.items() if n.endswith("weight"))  # they did move
+
+
+def test_one_process_split_in_fp32_is_within_fp32_rounding_of_float64():
+    ref = reference64()
+    x, y = batch(4, seed=100)
+    exact = train_one(ref, x.double(), y)
+    single = train_one(reference64().float(), x, y)
+    split = split_in_one_process(["cpu", "cpu"], num_classes=CLASSES, dropout=0.0)
+    split.load_reference_state({k: v.float() for k, v in ref.state_dict().items()})
+    logits, loss, grads = train_one_split(split, x, y)
+    floor = V.float32_floor(4)
+    for name, want in exact.items():
+        got = logits if name == "logits" else loss if name == "loss" else grads[name]
+        allowed = V.FLOAT32_FACTOR * max(rel(single[name], want), floor)
+        assert rel(got, want) <= allowed, (name, rel(got, want), allowed)
+
+
+def train_one(model, x, y):
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    return {"logits": logits.detach(), "loss": loss.detach(), **{n: p.grad for n, p in model.named_parameters()}}
+
+
+def train_one_split(split, x, y):
+    logits = split(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    grads = from_columns([{n: p.grad for n, p in c.named_parameters()} for c in split.columns.values()])
+    return logits.detach(), loss.detach(), grads
 
 
 def _dist_worker(rank, world):
     from torch.distributed.tensor.debug import CommDebugMode
 
-    torch.manual_seed(0)
-    ref = AlexNet(CLASSES, dropout=0.0)
-    split = split_across_processes(dist.group.WORLD, num_classes=CLASSES, dropout=0.0)
+    ref = reference64()
+    split = split_across_processes(dist.group.WORLD, num_classes=CLASSES, dropout=0.0).to(F64)
     split.load_reference_state(ref.state_dict())
-    x, y = batch(4, seed=100)
+    x, y = batch(2, seed=100, dtype=F64)
     with CommDebugMode() as comm:
         loss = F.cross_entropy(split(x), y)
         forward_counts = dict(comm.get_comm_counts())
         loss.backward()
     counts = {str(k): v for k, v in comm.get_comm_counts().items()}
     split.zero_grad()
-    r = train(ref, 1)
-    s = train(split, 1)
     split.stats.reset()
-    ref, split = ref.to(MULTI_STEP_DTYPE), split.to(MULTI_STEP_DTYPE)
-    split.load_reference_state(ref.state_dict())
-    train(ref, 3, batch_size=2, dtype=MULTI_STEP_DTYPE)
-    train(split, 3, batch_size=2, dtype=MULTI_STEP_DTYPE)
+    r = train(ref, 1)
+    ref = reference64()
+    s = train(split, 3)
+    train(ref, 3)
     return {"ref": r, "split": (s[0], s[1], column_grads(split, s[2])[rank]),
             "ref_weights": {n: p.detach() for n, p in ref.named_parameters()},
             "weights": column_weights(split)[rank], "bytes": {d: split.stats.bytes(rank, d) for d in DIRECTIONS},
@@ -117,24 +147,20 @@ def _dist_worker(rank, world):
 
 def test_two_process_split_equals_reference():
     results = run_workers(_dist_worker, 2, threads=1)
-    ref_logits, ref_loss, ref_grads = results[0]["ref"]
-    for r in results:
-        logits, loss, _ = r["split"]
-        assert rel(logits, ref_logits) <= 1e-5 and rel(loss, ref_loss) <= 1e-5
-    grads = from_columns([r["split"][2] for r in results])
-    for name, g in ref_grads.items():
-        assert rel(grads[name], g) <= 1e-5, name
-    weights = from_columns([r["weights"] for r in results])
-    for name, w in results[0]["ref_weights"].items():
-        assert rel(weights[name], w) <= MULTI_STEP_TOL, name
-    analytic = L.exchange_bytes(2, num_classes=CLASSES)
+    analytic = L.exchange_bytes(2, num_classes=CLASSES, element_size=8)
     for r in results:
         # exactly the five exchanges forward and their duals backward — nothing else crosses
         assert r["forward_counts"] == {"c10d._allgather_base_": 5}
         assert r["counts"] == {"c10d._allgather_base_": 5, "c10d._reduce_scatter_base_": 5}
         for d in DIRECTIONS:
-            assert r["bytes"][d] == {k: 3 * 2 * v for k, v in analytic.items()}  # float64 steps
-        assert r["total_bytes"] == 2 * 3 * 2 * sum(analytic.values())
+            assert r["bytes"][d] == {k: 3 * v for k, v in analytic.items()}  # three float64 steps
+        assert r["total_bytes"] == 2 * 3 * sum(analytic.values())
+    ref_logits, ref_loss, ref_grads = results[0]["ref"]
+    for r in results:
+        logits, loss, _ = r["split"]
+        assert rel(logits, ref_logits) <= V.FLOAT64_TOLERANCE and rel(loss, ref_loss) <= V.FLOAT64_TOLERANCE
+    assert_float64_equal(from_columns([r["split"][2] for r in results]), ref_grads)
+    assert_float64_equal(from_columns([r["weights"] for r in results]), results[0]["ref_weights"])
 
 
 def test_split_rejects_a_missing_group():

@@ -17,38 +17,8 @@ from alexnet_mp.config import load_config
 from alexnet_mp.errors import CheckpointError, ConfigError, DistributedError
 from alexnet_mp.spawn import run_workers
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from alexnet_mp.data import make_dataset
-
-    return make_dataset(tmp_path_factory.mktemp("ds") / "tiny", classes=2, train_per_class=24, val_per_class=6,
-                        seed=1, progress=False)
-
-
-def config(dataset, tmp_path, **overrides):
-    sets = {"job.dump_folder": str(tmp_path / "runs"), "job.name": "t", "data.path": str(dataset),
-            "data.loader": "torchvision", "data.threads": 0, "data.cache_dir": str(tmp_path / "cache"),
-            "training.batch_size": 4, "training.epochs": 1, "training.device": "cpu", "model.dropout": 0.0,
-            "validation.batch_size": 6, "validation.ten_crop": "never", "metrics.projector_images": 0,
-            "metrics.enable_tensorboard": False, "checkpoint.interval": 0, "metrics.log_freq": 1000}
-    sets.update(overrides)
-    return load_config(None, [f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
-                              for k, v in sets.items()])
-
-
-def run_trainer(cfg):
-    from alexnet_mp.train.trainer import Trainer
-
-    trainer = Trainer(cfg)
-    try:
-        trainer.train()
-        weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        return trainer.losses, weights
-    finally:
-        trainer.close()
+from train_fixtures import (ROOT, config, dataset, overrides, run_trainer, single_device_losses,  # noqa: F401
+                            torchrun, within_fp32_noise)
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -121,41 +91,19 @@ def test_missing_data_is_reported_before_any_work(tmp_path):
 
 # --- the split trains like one device --------------------------------------------------
 
-def single_device_losses(cfg, steps, batch_size=None):
-    """The same recipe on alexnet_mp.AlexNet with the same batches: (losses, model)."""
-    from alexnet_mp import AlexNet
-    from alexnet_mp.data import build_train_loader
-
-    torch.manual_seed(cfg.job.seed)
-    model = AlexNet(2, dropout=0.0, init=cfg.model.init)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=0.9, weight_decay=5e-4)
-    losses = []
-    batch_size = batch_size or cfg.training.batch_size
-    for images, labels in build_train_loader(cfg.data, batch_size=batch_size, seed=cfg.job.seed, epoch=0):
-        loss = F.cross_entropy(model(images), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if len(losses) == steps:
-            break
-    return losses, model
-
-
 def _split_worker(rank, world, cfg):
     return run_trainer(cfg)[0]
 
 
 def test_twenty_split_steps_give_the_single_device_losses(dataset, tmp_path):
-    """Dropout off, same seed: 20 steps of the two-process split = 20 steps of AlexNet (<= 1e-4)."""
+    """Dropout off, same seed: 20 steps of the two-process split = 20 steps of AlexNet, judged
+    against float64 within the single-device fp32 run's own rounding."""
     cfg = config(dataset, tmp_path, **{"training.max_steps": 20, "training.epochs": 2, "checkpoint.enable": False,
                                         "optimizer.lr": 0.001})
     split = run_workers(_split_worker, 2, (cfg,), threads=1)
     assert len(split[0]) == 20 and split[0] == split[1]
-    reference = single_device_losses(cfg, 12)[0] + [None] * 8  # one epoch of the tiny set is 12 steps
-    for a, b in zip(split[0], reference):
-        if b is not None:
-            assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
+    # across the epoch boundary at step 12
+    within_fp32_noise(split[0], single_device_losses(cfg, 20)[0], single_device_losses(cfg, 20, dtype=torch.float64)[0])
 
 
 def test_fused_one_process_trains_like_one_device_and_resumes_a_columns_checkpoint(dataset, tmp_path):
@@ -165,21 +113,20 @@ def test_fused_one_process_trains_like_one_device_and_resumes_a_columns_checkpoi
     base = {"checkpoint.interval": 3, "optimizer.lr": 0.001, "training.epochs": 2}
     fused = {"parallelism.one_process": "fused"}
     cfg = config(dataset, tmp_path / "f", **{**base, **fused, "training.max_steps": 12, "checkpoint.enable": False})
-    losses, _ = run_trainer(cfg)
-    reference = single_device_losses(cfg, 12)[0]
-    for a, b in zip(losses, reference, strict=True):
-        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
+    losses, fused_weights = run_trainer(cfg)
+    within_fp32_noise(losses, single_device_losses(cfg, 12)[0], single_device_losses(cfg, 12, dtype=torch.float64)[0])
 
-    _, straight = run_trainer(config(dataset, tmp_path / "a", **{**base, "training.max_steps": 10}))
+    _, straight = run_trainer(config(dataset, tmp_path / "a", **{**base, "training.max_steps": 12}))
     first, _ = run_trainer(config(dataset, tmp_path / "b", **{**base, "training.max_steps": 6}))
-    second, resumed = run_trainer(config(dataset, tmp_path / "b", **{**base, **fused, "training.max_steps": 10}))
-    assert (len(first), len(second)) == (6, 4)
-    # fp32 summation order differs (grouped vs per-column convs): all weights together agree
-    # to 1e-6; a bias that starts at 0 is all update and carries more relative noise
-    diff = torch.cat([(resumed[k] - v).flatten() for k, v in straight.items()])
-    assert diff.norm() <= 1e-6 * torch.cat([v.flatten() for v in straight.values()]).norm()
+    second, resumed = run_trainer(config(dataset, tmp_path / "b", **{**base, **fused, "training.max_steps": 12}))
+    assert (len(first), len(second)) == (6, 6)
+    # Column by column, fused, and half of each are three fp32 summation orders of the same
+    # training: the resumed run may differ from the straight one by a few times what the
+    # uninterrupted fused run does (a column mix-up would be off by O(1)).
     for k, v in straight.items():
-        assert (resumed[k] - v).norm() <= 1e-3 * v.norm(), k
+        noise = (fused_weights[k] - v).norm().item()
+        allowed = 4 * max(noise, 2.0**-24 * 64 * v.norm().item())
+        assert (resumed[k] - v).norm().item() <= allowed, (k, noise)
 
 
 # --- checkpoints and resume ------------------------------------------------------------
@@ -204,11 +151,14 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
     from alexnet_mp.train.trainer import TrainingError
 
     cfg = config(dataset, tmp_path, **{"checkpoint.interval": 2, "debug.inject_nan_at_step": 5})
-    with pytest.raises(TrainingError, match="not finite at step 5"):
+    with pytest.raises(TrainingError, match="not finite at step 5") as err:
         run_trainer(cfg)
     run = tmp_path / "runs" / "t"
-    assert ckpt.latest(run).name == "step-0000004"
-    assert ckpt.read_meta(ckpt.latest(run))["global_step"] == 4
+    # step 4's weights gave the NaN at step 5: set aside; step 2's gave a finite loss at step 3
+    assert ckpt.latest(run).name == "step-0000002" and "resumes from the last healthy checkpoint" in str(err.value)
+    meta = ckpt.read_meta(ckpt.latest(run))
+    assert meta["global_step"] == 2 and meta["healthy"] is True and meta["loss"] is not None
+    assert (ckpt.checkpoint_dir(run) / "step-0000004.diverged").is_dir()
 
 
 def test_truncated_and_foreign_checkpoints_are_refused_untouched(dataset, tmp_path):
@@ -223,11 +173,14 @@ def test_truncated_and_foreign_checkpoints_are_refused_untouched(dataset, tmp_pa
     with pytest.raises(CheckpointError, match="could not be read"):
         run_trainer(config(dataset, tmp_path, **{"training.max_steps": 4}))
     assert {p.name: p.stat().st_size for p in latest.iterdir()} == before
+    genuine = json.loads((latest / "meta.json").read_text())
     (latest / "meta.json").write_text(json.dumps({"format": "someone-else/1"}))
     with pytest.raises(CheckpointError, match="not written by this version"):
         run_trainer(config(dataset, tmp_path, **{"training.max_steps": 4}))
-    (latest / "meta.json").write_text(json.dumps({"format": ckpt.FORMAT, "num_classes": 4, "batch_size": 4, "seed": 0,
-                                                  "global_step": 2}))
+    (latest / "meta.json").write_text(json.dumps({k: v for k, v in genuine.items() if k != "num_classes"}))
+    with pytest.raises(CheckpointError, match="meta.json is damaged: 'num_classes' is missing"):
+        run_trainer(config(dataset, tmp_path, **{"training.max_steps": 4}))
+    (latest / "meta.json").write_text(json.dumps({**genuine, "num_classes": 4}))
     with pytest.raises(CheckpointError, match="num_classes = 4"):
         run_trainer(config(dataset, tmp_path, **{"training.max_steps": 4}))
 
@@ -246,24 +199,6 @@ def test_a_crash_mid_save_leaves_the_last_checkpoint(dataset, tmp_path):
 
 
 # --- under torchrun ---------------------------------------------------------------------
-
-def torchrun(args, cwd, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600, **kw)
-
-
-def overrides(dataset, tmp_path, **extra):
-    sets = {"job.dump_folder": str(tmp_path / "runs"), "job.name": "tr", "data.path": str(dataset),
-            "data.cache_dir": str(tmp_path / "cache"), "training.batch_size": 4, "training.epochs": 1,
-            "training.device": "cpu", "validation.batch_size": 6, "validation.ten_crop": "end",
-            "metrics.projector_images": 8, "metrics.log_freq": 2, "checkpoint.interval": 3, "optimizer.lr": 0.001}
-    sets.update(extra)
-    out = []
-    for k, v in sets.items():
-        out += ["--set", f"{k}={json.dumps(v)}"]
-    return out
-
 
 def test_torchrun_restart_after_sigkill_completes_and_tensorboard_has_every_tag(dataset, tmp_path):
     proc = torchrun(["--standalone", "--nproc_per_node=2", "--max-restarts=1", str(ROOT / "launch" / "train.py"),
@@ -287,6 +222,9 @@ def test_torchrun_restart_after_sigkill_completes_and_tensorboard_has_every_tag(
         assert tag in scalars, tag
     assert {"filters/column0", "filters/column1"} <= set(tags["images"])
     assert "config/text_summary" in tags["tensors"]
+    # one curve across the restart: the crashed attempt's steps 4-5 were purged when it resumed at 3
+    steps = [e.step for e in acc.Scalars("loss/train")]
+    assert steps == sorted(set(steps)) and steps[-1] == 12, steps
     total = acc.Scalars("exchange/total_bytes_per_step")[-1].value
     assert total == 2 * 4 * 4 * (21_632 + 4_608 + 2_048 + 2_048 + 1)  # batch 4, fp32, 2 classes -> 1 logit per column
     projector = list((tmp_path / "runs" / "tr" / "tb").rglob("projector_config.pbtxt"))

@@ -1,20 +1,42 @@
-"""Checkpoints with ``torch.distributed.checkpoint``, written so a crash never loses the last one.
+"""Checkpoints with ``torch.distributed.checkpoint``: atomic, keyed by column, and safe to load.
 
-Layout: ``<run>/checkpoints/step-0000123/`` holds DCP's files and ``meta.json``. DCP is not
-atomic (it overwrites data files in place), so every save goes into a fresh
-``step-….partial`` folder that rank 0 renames into place once every rank has finished;
-a folder counts only when it has its ``meta.json`` and no ``.partial`` suffix.
+Layout: ``<run>/checkpoints/step-0000123/`` holds DCP's files (``.metadata``,
+``__<rank>_0.distcp``) and ``meta.json``.
 
-State keys carry the column (``model.columns.column1.conv1.weight``, optimizer state by
-the same names): DCP treats equal keys on different ranks as one replicated tensor, and
-the two columns' weights must never be mixed (DESIGN.md section 7). Data-parallel
-replicas of a column hold equal values under equal keys, which is what DCP expects.
+**Loading never runs code**, whoever wrote the folder:
+
+* DCP holds tensors only — weights, momentum buffers, each rank's RNG state. The trainer's
+  position, the lr schedule, the optimizer's hyperparameters and the run's health are JSON
+  in ``meta.json``. (DCP stores any non-tensor value with ``torch.save`` and reads it back with
+  ``torch.load(weights_only=False)``: an alexnet-mp checkpoint has none, and one whose
+  metadata lists one is refused before anything is read.)
+* DCP's ``.metadata`` is a pickle; it is read by :class:`SafeReader`, whose unpickler admits
+  only DCP's metadata classes, ``torch.Size``, dtypes and paths. Any other global
+  (``builtins.exec``, ``os.system``, …) stops the read with a :class:`CheckpointError`
+  naming the file, before the reference is ever called.
+
+**Atomic**: DCP overwrites data files in place, so every save goes into a fresh
+``step-….partial`` folder that rank 0 renames into place once every rank has finished and
+``meta.json`` is written; a folder counts only when it has its ``meta.json`` and no suffix.
+
+**Keyed by column** (``model.columns.column1.conv1.weight``): DCP treats equal keys on
+different ranks as one replicated tensor, and the two columns' weights must never mix.
+Data-parallel replicas of a column hold equal values under equal keys, as DCP expects.
+
+**Healthy**: a checkpoint's weights are judged by the first loss computed with them — the
+next step's forward. ``meta.json`` says ``"healthy": null`` until then; true when every weight
+was finite and that loss is finite and below :data:`DIVERGED_LOSS_FACTOR` x chance level,
+false otherwise. Rotation (``keep_latest``) never removes the newest healthy checkpoint, and
+after a NaN the trainer sets aside every checkpoint newer than it (:func:`set_aside_unhealthy`),
+so the same command resumes from weights known to be good.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -23,14 +45,29 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from ..convert import from_columns
 from ..errors import CheckpointError
 
-FORMAT = "alexnet-mp/checkpoint/1"
+FORMAT = "alexnet-mp/checkpoint/2"
 META = "meta.json"
+DIVERGED = ".diverged"
 _NAME = re.compile(r"^step-(\d+)$")
+
+DIVERGED_LOSS_FACTOR = 1000.0
+"""A loss above this many times chance level (ln C) marks weights unhealthy: healthy runs stay
+orders of magnitude below it, a diverging one passes it within a step or two (measurements:
+docs/training.md, Failure and recovery)."""
+
+META_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str, "num_classes": int, "world_size": int, "batch_size": int, "seed": int, "epoch": int,
+    "step_in_epoch": int, "global_step": int, "samples_seen": int, "lr": float, "base_lr": float,
+    "optimizer": dict, "schedule": dict, "healthy": (bool, type(None)), "loss": (float, type(None)),
+    "config": dict,
+}
+"""What ``meta.json`` must hold, with the JSON type of each value."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -52,8 +89,21 @@ def latest(run_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _healthy(path: Path) -> bool:
+    try:
+        return json.loads((path / META).read_text()).get("healthy") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def latest_healthy(run_dir: str | Path) -> Path | None:
+    return next((p for p in reversed(complete_checkpoints(run_dir)) if _healthy(p)), None)
+
+
+# -- reading safely ------------------------------------------------------------------------
+
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's ``meta.json``; a clear error for anything that is not one of ours."""
+    """The checkpoint's ``meta.json``, every field checked; a clear error for anything else."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint folder (expected <run>/checkpoints/step-N/ "
@@ -63,65 +113,286 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path} has no {META}: it is incomplete (a save that did not finish) or not an "
                               "alexnet-mp checkpoint.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (OSError, ValueError) as err:
         raise CheckpointError(f"{path / META} is damaged ({err}); use an earlier checkpoint.") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} was not written by this version of alexnet-mp "
                               f"(format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT}).")
+    for key, kind in META_FIELDS.items():
+        value = meta.get(key)
+        if key not in meta or not _is_a(value, kind):
+            raise CheckpointError(f"{path / META} is damaged: {key!r} is {'missing' if key not in meta else repr(value)}, "
+                                  f"expected {_kind_name(kind)}; use an earlier checkpoint.")
+    if meta["num_classes"] < 2 or meta["num_classes"] % 2:
+        raise CheckpointError(f"{path / META} is damaged: num_classes = {meta['num_classes']} (an even number >= 2).")
     return meta
 
 
-def _rng_state(devices: list[torch.device]) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
+def _is_a(value: Any, kind) -> bool:
+    """JSON typing: a bool is not a number, a whole number is a number."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({int: "a whole number", float: "a number", str: "text", bool: "true/false", dict: "a table",
+                        type(None): "null"}[k] for k in kinds)
+
+
+_METADATA_CLASSES = {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"}
+_ALLOWED = {
+    **{("torch.distributed.checkpoint.metadata", n): getattr(dcp_metadata, n) for n in _METADATA_CLASSES
+       if hasattr(dcp_metadata, n)},
+    ("torch", "Size"): torch.Size,
+    ("pathlib", "PosixPath"): Path,
+    ("pathlib", "PurePosixPath"): Path,
+    ("collections", "OrderedDict"): dict,
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits DCP's own metadata classes, torch.Size, dtypes, layouts and paths — nothing else."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch.distributed.checkpoint.filesystem" and name == "_StorageInfo":
+            from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+            return _StorageInfo
+        if module == "torch.serialization" and name == "_get_layout":
+            return _get_layout
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def _get_layout(name: str) -> torch.layout:
+    layout = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(layout, torch.layout):
+        raise pickle.UnpicklingError(f"layout {name!r}")
+    return layout
+
+
+class SafeReader(dcp.FileSystemReader):
+    """DCP's file reader with ``.metadata`` read by a restricted unpickler, and no pickled values."""
+
+    def read_metadata(self, *args, **kwargs):
+        path = Path(self._get_metadata_path(kwargs.get("rank")))
+        try:
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(f"{path} refers to {err}, which DCP metadata never holds; refusing to load "
+                                  "it (unpickling it could run code). Use a checkpoint from a source you "
+                                  "trust.") from None
+        except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+            raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {err}); use an earlier "
+                                  "checkpoint.") from None
+        if not isinstance(metadata, dcp_metadata.Metadata):
+            raise CheckpointError(f"{path} does not hold DCP metadata (found {type(metadata).__name__}).")
+        pickled = sorted(k for k, v in metadata.state_dict_metadata.items()
+                         if not isinstance(v, dcp_metadata.TensorStorageMetadata))
+        if pickled:
+            raise CheckpointError(f"{path} lists pickled (non-tensor) values ({', '.join(pickled[:5])}); an "
+                                  "alexnet-mp checkpoint holds tensors only, and reading those values would "
+                                  "unpickle them, which can run code. Refusing to load it.")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _TensorsOnly(DefaultLoadPlanner):
+    def load_bytes(self, read_item, value) -> None:
+        raise CheckpointError(f"refusing to unpickle the stored value {read_item.dest_index.fqn!r}.")
+
+
+def _load(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Fill ``state``'s tensors in place from the checkpoint at ``path``."""
+    try:
+        dcp.load(state, storage_reader=SafeReader(str(path)), planner=_TensorsOnly(),
+                 no_dist=not dist.is_initialized())
+    except CheckpointError:
+        raise
+    except BaseException as err:  # CheckpointException derives from BaseException
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        inner = _user_error_inside(err)
+        if inner is not None:
+            raise inner from None
+        raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
+                              "It may be truncated or from a different model or world layout; nothing was "
+                              "overwritten. Remove it to fall back to an earlier checkpoint.") from None
+
+
+def _user_error_inside(err: BaseException) -> CheckpointError | None:
+    """DCP wraps a rank's exception (ours included) in a CheckpointException; find ours."""
+    for value in getattr(err, "failures", {}).values():
+        exc = value[0] if isinstance(value, tuple) else value
+        if isinstance(exc, CheckpointError):
+            return exc
+    return None
+
+
+def tensor_keys(path: str | Path) -> dict[str, dcp_metadata.TensorStorageMetadata]:
+    """Every tensor a checkpoint holds, read through :class:`SafeReader`."""
+    return dict(SafeReader(str(path)).read_metadata().state_dict_metadata)
+
+
+# -- what is saved -----------------------------------------------------------------------
+
+def _rng_state(rank: int, devices) -> dict[str, torch.Tensor]:
+    state = {f"rng.rank{rank}.cpu": torch.get_rng_state()}
     for d in {d for d in devices if d.type == "cuda"}:
-        state[f"cuda{d.index}"] = torch.cuda.get_rng_state(d)
+        state[f"rng.rank{rank}.cuda{d.index}"] = torch.cuda.get_rng_state(d)
     return state
 
 
-def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(state["cpu"])
+def _set_rng_state(state: dict[str, torch.Tensor], rank: int) -> None:
     for key, value in state.items():
-        if key.startswith("cuda"):
-            torch.cuda.set_rng_state(value, int(key[4:]))
+        where = key.removeprefix(f"rng.rank{rank}.")
+        if where == "cpu":
+            torch.set_rng_state(value)
+        else:
+            torch.cuda.set_rng_state(value, int(where.removeprefix("cuda")))
 
 
-def _state(model, optimizer, rank: int, devices, trainer: dict, scheduler: dict) -> dict[str, Any]:
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    return {"model": model_sd, "optimizer": optim_sd, "trainer": dict(trainer), "scheduler": dict(scheduler),
-            f"rng.rank{rank}": _rng_state(devices)}
+def _optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter tensors (momentum buffers) by parameter name."""
+    out = {}
+    for name, p in model.named_parameters():
+        for key, value in optimizer.state.get(p, {}).items():
+            if not torch.is_tensor(value):
+                raise TypeError(f"optimizer state {name}.{key} is not a tensor; checkpoints hold tensors only")
+            out[f"optimizer.{name}.{key}"] = value
+    return out
 
+
+def tensor_state(model, optimizer, rank: int, devices) -> dict[str, torch.Tensor]:
+    """Everything this rank saves through DCP."""
+    return {**{f"model.{k}": v for k, v in model.state_dict().items()}, **_optimizer_tensors(model, optimizer),
+            **_rng_state(rank, devices)}
+
+
+def optimizer_hyperparameters(optimizer) -> dict[str, Any]:
+    """The first param group's settings (lr, momentum, …) as JSON, for ``meta.json``."""
+    (group,) = optimizer.param_groups
+    return {k: v for k, v in group.items() if k != "params" and isinstance(v, (bool, int, float, str, type(None)))}
+
+
+def weights_finite(model, distributed: bool) -> bool:
+    """True when every weight on every rank is finite."""
+    ok = torch.tensor([float(all(bool(torch.isfinite(p).all()) for p in model.parameters()))])
+    if distributed:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def loss_is_healthy(loss: float, num_classes: int) -> bool:
+    return math.isfinite(loss) and loss < DIVERGED_LOSS_FACTOR * math.log(num_classes)
+
+
+def mark_health(path: Path, healthy: bool, loss: float) -> None:
+    """Record in ``meta.json`` what the first loss computed with the checkpoint's weights said."""
+    meta = json.loads((path / META).read_text())
+    meta.update(healthy=healthy, loss=loss if math.isfinite(loss) else None)
+    _write_json(path / META, meta)
+
+
+# -- save ----------------------------------------------------------------------------------
 
 def _barrier(distributed: bool) -> None:
     if distributed:
         dist.barrier()
 
 
-def save(run_dir: str | Path, *, model, optimizer, trainer: dict, scheduler: dict, meta: dict, rank: int,
-         distributed: bool, devices, keep_latest: int = 0) -> Path:
-    """Save atomically as ``step-<global_step>``; returns the folder."""
+def save(run_dir: str | Path, *, tensors: dict[str, torch.Tensor], meta: dict[str, Any], rank: int,
+         distributed: bool, keep_latest: int = 0) -> Path:
+    """Save atomically as ``step-<global_step>``; returns the folder.
+
+    A failed write (a full or read-only disk) removes the partial folder and raises a
+    :class:`CheckpointError`; the checkpoints already there are untouched."""
     root = checkpoint_dir(run_dir)
-    final = root / f"step-{trainer['global_step']:07d}"
+    final = root / f"step-{meta['global_step']:07d}"
     partial = final.with_name(final.name + ".partial")
-    if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    _barrier(distributed)
-    dcp.save(_state(model, optimizer, rank, devices, trainer, scheduler), checkpoint_id=str(partial),
-             no_dist=not distributed)
-    _barrier(distributed)
-    if rank == 0:
-        tmp = partial / (META + ".tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, **meta, **trainer}, indent=2))
-        os.replace(tmp, partial / META)
-        if final.exists():  # the same step saved again (e.g. SIGTERM right after an interval save)
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        _fsync_dir(root)
-        if keep_latest:
-            for old in complete_checkpoints(run_dir)[:-keep_latest]:
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        _barrier(distributed)
+        dcp.save(tensors, checkpoint_id=str(partial), no_dist=not distributed)
+        _barrier(distributed)
+        if rank == 0:
+            _write_json(partial / META, {"format": FORMAT, **meta})
+            _replace_dir(partial, final)
+            _fsync_dir(root)
+            _rotate(run_dir, keep_latest)
+    except BaseException as err:
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        previous = latest(run_dir)
+        raise CheckpointError(
+            f"could not write the checkpoint {final} ({type(err).__name__}: {first}). "
+            + (f"The previous checkpoint {previous} is untouched. " if previous else "")
+            + f"Free space or make {root} writable (or set [job] dump_folder elsewhere), then run the same "
+            "command to resume.") from None
     _barrier(distributed)
     return final
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _replace_dir(partial: Path, final: Path) -> None:
+    """Rename ``partial`` to ``final``; an existing ``final`` (the same step saved again, e.g. a
+    SIGTERM right after an interval save) is moved aside first and removed only afterwards."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(partial, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, final)
+
+
+def _rotate(run_dir, keep_latest: int) -> None:
+    """Keep the ``keep_latest`` newest checkpoints and the newest healthy one."""
+    if not keep_latest:
+        return
+    keep = latest_healthy(run_dir)
+    for old in complete_checkpoints(run_dir)[:-keep_latest]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside_unhealthy(run_dir: str | Path) -> tuple[Path | None, list[Path]]:
+    """After a divergence: rename the checkpoints newer than the newest healthy one to
+    ``step-N.diverged`` so that the same command resumes from the healthy one.
+    Returns (the healthy checkpoint or None, the folders set aside)."""
+    keep = latest_healthy(run_dir)
+    moved = []
+    for path in complete_checkpoints(run_dir):
+        if keep is None or int(path.name.split("-")[1]) > int(keep.name.split("-")[1]):
+            target = path.with_name(path.name + DIVERGED)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(path, target)
+            moved.append(target)
+    return keep, moved
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,6 +406,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# -- load ----------------------------------------------------------------------------------
+
 def check_compatible(path: Path, meta: dict, expected: dict) -> None:
     """A checkpoint of another network shape cannot be resumed: say which value differs."""
     for key, want in expected.items():
@@ -143,36 +416,32 @@ def check_compatible(path: Path, meta: dict, expected: dict) -> None:
                                   f"{key} = {want!r}; resume it with the same setting or use another [job] name.")
 
 
-def load(path: str | Path, *, model, optimizer, rank: int, devices) -> tuple[dict, dict]:
-    """Restore model, optimizer and this rank's RNG; returns (trainer, scheduler) states."""
+def load(path: str | Path, *, model, optimizer, rank: int, devices) -> dict[str, Any]:
+    """Restore the weights, the momentum buffers and this rank's RNG; returns ``meta.json``."""
     path = Path(path)
-    read_meta(path)
-    state = _state(model, optimizer, rank, devices, {}, {})
-    trainer_keys = ("epoch", "step_in_epoch", "global_step", "samples_seen", "lr")
-    state["trainer"] = {k: 0 for k in trainer_keys}
-    state["scheduler"] = {}
-    try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
-    except BaseException as err:  # CheckpointException derives from BaseException
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
-                              "It may be truncated or from a different model or world layout; nothing was "
-                              "overwritten. Remove it to fall back to an earlier checkpoint.") from None
-    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    # Across processes the loaded param_groups came back without some hyperparameters
-    # (KeyError 'momentum' after a restart); the run's own values fill the gaps, and the
-    # lr — the one the schedule changes — is restored from the trainer state.
-    for group, own in zip(optimizer.param_groups, hyper):
-        for k, v in own.items():
-            group.setdefault(k, v)
-        if "lr" in state["trainer"]:
-            group["lr"] = float(state["trainer"]["lr"])
-    rng = state.get(f"rng.rank{rank}")
-    if rng:
-        _set_rng_state(rng)
-    return state["trainer"], state["scheduler"]
+    meta = read_meta(path)
+    stored = tensor_keys(path)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for name, p in model.named_parameters():
+        for key in (k for k in stored if k.startswith(f"optimizer.{name}.")):
+            suffix = key.removeprefix(f"optimizer.{name}.")
+            buffer = optimizer.state[p].get(suffix)
+            if buffer is None:
+                buffer = optimizer.state[p][suffix] = torch.empty(tuple(stored[key].size), device=p.device,
+                                                                 dtype=stored[key].properties.dtype)
+            state[key] = buffer
+    rng = {k: torch.empty(tuple(v.size), dtype=torch.uint8) for k, v in stored.items()
+           if k.startswith(f"rng.rank{rank}.")}
+    _load(path, {**state, **rng})
+    for k, v in optimizer_hyperparameters_from(meta).items():
+        optimizer.param_groups[0][k] = v
+    _set_rng_state(rng, rank)
+    return meta
+
+
+def optimizer_hyperparameters_from(meta: dict) -> dict[str, Any]:
+    """The stored param-group settings that a resumed run takes over (not the lr: the trainer decides)."""
+    return {k: v for k, v in meta["optimizer"].items() if k in ("momentum", "weight_decay", "dampening", "nesterov")}
 
 
 def reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -182,14 +451,8 @@ def reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     meta = read_meta(path)
     split = split_in_one_process(["cpu", "cpu"], num_classes=meta["num_classes"])
-    state = {"model": split.state_dict()}
-    try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    except BaseException as err:
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:300]}); "
-                              "it may be truncated.") from None
-    columns = [{k.split(".", 2)[2]: v for k, v in state["model"].items() if k.startswith(f"columns.column{c}.")}
+    state = {f"model.{k}": v for k, v in split.state_dict().items()}
+    _load(path, state)
+    columns = [{k.split(".", 3)[3]: v for k, v in state.items() if k.startswith(f"model.columns.column{c}.")}
                for c in range(2)]
     return from_columns(columns), meta

@@ -25,17 +25,21 @@ def _resolve(path: str) -> Path:
 
 
 def _atomic_write(out: Path, write) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
+    """Write ``out`` through a temporary file in its folder: whole or not at all."""
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(fd)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result is an ordinary file
         os.replace(tmp, out)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write it ({err.strerror or err}); choose a writable place.") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -12,6 +12,7 @@ attempt (``TORCHELASTIC_RESTART_COUNT``) works, so every attempt rendezvouses af
 from __future__ import annotations
 
 import os
+import socket
 import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -96,8 +97,8 @@ def setup(device: str = "auto", data_parallel: int = 0) -> Layout:
     owns_group = not dist.is_initialized()
     if owns_group:
         agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                              is_master=(rank == 0 and not agent_store), timeout=timedelta(minutes=10))
+        store = _store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                       is_master=rank == 0 and not agent_store)
         dist.init_process_group(backend, store=dist.PrefixStore(f"alexnet-mp/attempt{attempt}", store),
                                 rank=rank, world_size=world, timeout=timedelta(minutes=30))
     from torch.distributed.device_mesh import init_device_mesh
@@ -108,9 +109,29 @@ def setup(device: str = "auto", data_parallel: int = 0) -> Layout:
                   attempt=attempt, mesh=mesh, owns_group=owns_group)
 
 
+_listeners: list[socket.socket] = []
+
+
+def _store(host: str, port: int, world: int, *, is_master: bool) -> dist.TCPStore:
+    """The rendezvous store; the server (rank 0, when torchrun's agent does not host one)
+    listens on ``MASTER_ADDR`` only — TCPStore itself would listen on every interface."""
+    timeout = timedelta(minutes=10)
+    if not is_master:
+        return dist.TCPStore(host, port, world, False, timeout=timeout)
+    try:
+        listener = socket.create_server((host, port))
+    except OSError as err:
+        raise DistributedError(f"cannot listen on MASTER_ADDR:MASTER_PORT = {host}:{port} ({err.strerror or err}); "
+                               "choose a free port on an address of this machine.") from None
+    _listeners.append(listener)  # open as long as the store serves from it
+    return dist.TCPStore(host, port, world, True, timeout=timeout, master_listen_fd=listener.fileno())
+
+
 def teardown(layout: Layout) -> None:
     if layout.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+    while _listeners:
+        _listeners.pop().close()
 
 
 class GradientReducer:

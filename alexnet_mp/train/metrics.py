@@ -63,13 +63,17 @@ class Metrics:
     def __init__(self, cfg, layout, run_dir: Path, info) -> None:
         self.cfg, self.layout, self.run_dir, self.info = cfg, layout, run_dir, info
         self.writer = None
-        if layout.is_main and cfg.metrics.enable_tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir / "tb"))
-            self.writer.add_text("config", "```\n" + json.dumps(cfg.to_dict(), indent=2) + "\n```", 0)
         self.start = time.perf_counter()
         self.window: list[tuple[float, float, int]] = []  # (step_s, data_s, images)
+
+    def open(self, purge_step: int) -> None:
+        """Start TensorBoard (rank 0). ``purge_step``: the first step of this attempt; events a
+        crashed attempt wrote from there on are dropped, so a resumed run shows one curve."""
+        if self.layout.is_main and self.cfg.metrics.enable_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge_step)
+            self.writer.add_text("config", "```\n" + json.dumps(self.cfg.to_dict(), indent=2) + "\n```", purge_step)
 
     # -- console -----------------------------------------------------------------------
 
@@ -77,7 +81,7 @@ class Metrics:
         if self.layout.is_main:
             print(f"[alexnet-mp] {message}", file=sys.stderr, flush=True)
 
-    def banner(self, model, steps_per_epoch: int | None) -> None:
+    def banner(self, model, steps_per_epoch: int | None, lr: float) -> None:
         if not self.layout.is_main:
             return
         c, lay, info = self.cfg, self.layout, self.info
@@ -89,7 +93,7 @@ class Metrics:
             f"loader {c.data.loader}",
             f"  batch: {c.training.batch_size} per model x {lay.dp_size} replica(s) = {per_step} images per step"
             + (f", {steps_per_epoch} steps per epoch" if steps_per_epoch else ""),
-            f"  recipe: SGD lr {c.optimizer.lr:g} momentum {c.optimizer.momentum:g} weight decay "
+            f"  recipe: SGD lr {lr:g} momentum {c.optimizer.momentum:g} weight decay "
             f"{c.optimizer.weight_decay:g}; lr x{c.lr_scheduler.factor:g} on a val plateau (at most "
             f"{c.lr_scheduler.max_reductions}x); dropout {c.model.dropout:g}; {c.training.epochs} epochs"
             + (f", at most {c.training.max_steps} steps" if c.training.max_steps else ""),
@@ -127,7 +131,7 @@ class Metrics:
         mean_data = sum(d for _, d, _ in self.window) / n
         rate = sum(i for _, _, i in self.window) / max(1e-9, sum(s + d for s, d, _ in self.window))
         self.window.clear()
-        loss_v = loss.item()
+        loss_v = loss
         w = self.writer
         if w is not None:
             for tag, v in (("loss/train", loss_v), ("lr", lr), ("error/train_top1", top1), ("error/train_top5", top5),

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -32,34 +33,80 @@ from ..parallel import SplitAlexNet, split_across_processes, split_in_one_proces
 from . import checkpoint as ckpt
 from .distributed import GradientReducer, Layout, setup, teardown
 from .evaluate import evaluate
+from .lock import RunLock
 from .metrics import Metrics
+from .schedule import PlateauSchedule
 
 
 class TrainingError(UserError):
-    """Training cannot go on (a NaN loss, say); the last good checkpoint is kept."""
+    """Training cannot go on (a NaN loss, say); the last healthy checkpoint is kept."""
+
+    exit_code = 3
 
 
 class _Stop:
-    """Set by SIGTERM/SIGINT; the loop saves and leaves at the next step boundary."""
+    """Set by SIGTERM/SIGINT; the loop saves and leaves at the next step boundary, before the
+    next forward draws dropout masks, so the resumed run repeats nothing."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._previous: dict[int, object] = {}
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handler(self, signum, _frame) -> None:
         self.signal = signum
 
 
-def _plateau(cfg: Config, optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+@dataclass(slots=True)
+class Position:
+    """Where the run is: the data order and every augmentation follow from it (docs/data.md)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    samples_seen: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for f in fields(self):
+            setattr(self, f.name, int(state[f.name]))
+
+
+def _schedule(cfg: Config) -> PlateauSchedule:
     s = cfg.lr_scheduler
-    floor = cfg.optimizer.lr * s.factor ** s.max_reductions
-    # min_lr a hair under lr * factor^max stops further reductions without rounding away the last one.
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=s.factor, patience=s.patience, threshold=s.threshold,
-        threshold_mode="abs", min_lr=floor * (1 - 1e-6), eps=0.0)
+    return PlateauSchedule(base_lr=cfg.optimizer.lr, factor=s.factor, patience=s.patience, threshold=s.threshold,
+                           max_reductions=s.max_reductions)
+
+
+def prepare_run_dir(run_dir: Path, layout: Layout) -> RunLock | None:
+    """Create the run folder and take its lock (rank 0); every rank learns if that failed."""
+    error, lock = None, None
+    if layout.is_main:
+        try:
+            try:
+                checkpoint_dir = ckpt.checkpoint_dir(run_dir)
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                lock = RunLock(run_dir)
+                lock.acquire()
+            except OSError as err:
+                raise ConfigError(f"[job] dump_folder: cannot create or write the run folder {run_dir} "
+                                  f"({err.strerror or err}); choose a writable folder with --set "
+                                  "job.dump_folder=<folder>.") from None
+        except UserError as err:
+            error = err
+    if _agree([error is not None], layout)[0]:
+        raise error or ConfigError(f"rank 0 could not take the run folder {run_dir}; see its message.")
+    return lock
 
 
 def _ensure_data(cfg: Config, layout: Layout) -> None:
@@ -105,6 +152,15 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> SplitAlexNet:
     return model
 
 
+def _agree_max(values: list[float], layout: Layout) -> list[float]:
+    """Each value's maximum over all ranks (one all-reduce)."""
+    if not layout.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=layout.devices[0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def _agree(flags: list[bool], layout: Layout) -> list[bool]:
     """Each flag true on every rank if it is true on any, so all ranks stop or save together."""
     if not layout.distributed:
@@ -115,12 +171,24 @@ def _agree(flags: list[bool], layout: Layout) -> list[bool]:
 
 
 class Trainer:
-    """State that a checkpoint carries: position in the data, counts, lr schedule."""
+    """A run: the model and optimizer, the position in the data, the lr schedule, checkpoints."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.layout = setup(cfg.training.device, cfg.parallelism.data_parallel)
         self.run_dir = Path(cfg.job.dump_folder) / cfg.job.name
+        self.lock = None
+        try:
+            self.lock = prepare_run_dir(self.run_dir, self.layout)
+            self._build()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            teardown(self.layout)
+            raise
+
+    def _build(self) -> None:
+        cfg = self.cfg
         _ensure_data(cfg, self.layout)
         self.info = dataset_info(cfg.data.path)
         num_classes = cfg.model.num_classes or self.info.num_classes
@@ -154,16 +222,15 @@ class Trainer:
         self.autocast = dict(device_type=self.layout.devices[0].type, dtype=torch.bfloat16,
                              enabled=t.mixed_precision == "bf16")
         o = cfg.optimizer
-        # fused: the whole update in one pass over weights, gradients and momentum (on this
-        # CPU 52 ms instead of 195 ms for the 61 M parameters, one thread; docs/benchmarks.md).
+        # fused: the whole update in one pass over weights, gradients and momentum (docs/benchmarks.md)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay, fused=True)
-        self.scheduler = _plateau(cfg, self.optimizer)
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self.samples_seen = 0
+        self.schedule = _schedule(cfg)
+        self.position = Position()
         self.losses: list[float] = []  # this process's training loss per step, for tests and summaries
+        self._last_loss = math.nan
+        self._saved_at = -1
+        self._unjudged: Path | None = None  # the last checkpoint, until a loss has been computed with it
         # dropout differs between columns (each drops its own units) and replicas
         torch.manual_seed(cfg.job.seed * 1000 + 1 + self.layout.rank)
         self.stop = _Stop()
@@ -171,49 +238,90 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
 
-    def _meta(self) -> dict:
+    def _meta(self, healthy: bool | None) -> dict:
         return {"num_classes": self.num_classes, "world_size": self.layout.world_size,
-                "batch_size": self.cfg.training.batch_size, "seed": self.cfg.job.seed, "config": self.cfg.to_dict()}
-
-    def _trainer_state(self) -> dict:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                "samples_seen": self.samples_seen, "lr": self.optimizer.param_groups[0]["lr"]}
+                "batch_size": self.cfg.training.batch_size, "seed": self.cfg.job.seed, **self.position.state_dict(),
+                "lr": self.optimizer.param_groups[0]["lr"], "base_lr": self.schedule.base_lr,
+                "optimizer": ckpt.optimizer_hyperparameters(self.optimizer), "schedule": self.schedule.state_dict(),
+                "healthy": healthy, "loss": None, "config": self.cfg.to_dict()}
 
     def save(self, reason: str) -> Path | None:
-        if not self.cfg.checkpoint.enable:
+        step = self.position.global_step
+        if not self.cfg.checkpoint.enable or self._saved_at == step:
             return None
         t = time.perf_counter()
-        path = ckpt.save(self.run_dir, model=self.model, optimizer=self.optimizer, trainer=self._trainer_state(),
-                         scheduler=self.scheduler.state_dict(), meta=self._meta(), rank=self.layout.rank,
-                         distributed=self.layout.distributed, devices=self.layout.devices,
-                         keep_latest=self.cfg.checkpoint.keep_latest)
-        self.metrics.note(f"saved checkpoint {path} ({reason}, {time.perf_counter() - t:.1f}s)")
+        finite = ckpt.weights_finite(self.model, self.layout.distributed)
+        path = ckpt.save(self.run_dir, tensors=ckpt.tensor_state(self.model, self.optimizer, self.layout.rank,
+                                                                   self.layout.devices),
+                         meta=self._meta(None if finite else False), rank=self.layout.rank,
+                         distributed=self.layout.distributed, keep_latest=self.cfg.checkpoint.keep_latest)
+        self._saved_at = step
+        self._unjudged = path if finite else None
+        mark = "" if finite else ", marked unhealthy: a weight is not finite"
+        self.metrics.note(f"saved checkpoint {path} ({reason}{mark}, {time.perf_counter() - t:.1f}s)")
         return path
 
-    def resume(self) -> bool:
+    def _judge_saved(self, loss: float) -> None:
+        """The first loss computed with the last saved weights says whether they are healthy."""
+        if self._unjudged is not None and self.layout.is_main:
+            ckpt.mark_health(self._unjudged, ckpt.loss_is_healthy(loss, self.num_classes), loss)
+        self._unjudged = None
+
+    def resume(self) -> int:
+        """Continue from the latest checkpoint, if any; returns the step resumed at (0: a fresh run)."""
         if not self.cfg.checkpoint.enable:
-            return False
+            return 0
         path = ckpt.latest(self.run_dir)
         if path is None:
-            return False
+            return 0
         meta = ckpt.read_meta(path)
         ckpt.check_compatible(path, meta, {"num_classes": self.num_classes,
                                            "batch_size": self.cfg.training.batch_size, "seed": self.cfg.job.seed})
-        trainer, scheduler = ckpt.load(path, model=self.model, optimizer=self.optimizer, rank=self.layout.rank,
-                                       devices=self.layout.devices)
-        self.scheduler.load_state_dict(scheduler)
-        self.epoch, self.step_in_epoch = int(trainer["epoch"]), int(trainer["step_in_epoch"])
-        self.global_step, self.samples_seen = int(trainer["global_step"]), int(trainer["samples_seen"])
-        self.metrics.note(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step_in_epoch} of the epoch, "
-                          f"global step {self.global_step}")
-        return True
+        ckpt.load(path, model=self.model, optimizer=self.optimizer, rank=self.layout.rank,
+                  devices=self.layout.devices)
+        self.position.load_state_dict(meta)
+        self.schedule.load_state_dict(meta["schedule"])
+        self._set_lr(self.schedule.lr)
+        self._saved_at = self.position.global_step
+        self._unjudged = path if meta["healthy"] is None else None
+        p = self.position
+        self.metrics.note(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step_in_epoch} of the epoch, "
+                          f"global step {p.global_step}")
+        for line in _changed_hyperparameters(meta, self.cfg, self.schedule):
+            self.metrics.note(line)
+        return p.global_step
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _diverged(self, steps: int) -> TrainingError:
+        """The NaN error, after setting aside the checkpoints saved while the loss diverged."""
+        p = self.position
+        where = f"step {p.global_step + 1} (epoch {p.epoch + 1}, step {p.step_in_epoch + 1} of {steps})"
+        if not self.cfg.checkpoint.enable:
+            return TrainingError(f"the loss is not finite at {where}; training stopped before updating the "
+                                 "weights. Checkpoints are off, so a rerun starts over: lower [optimizer] lr or "
+                                 "check the data.")
+        keep, moved = ckpt.set_aside_unhealthy(self.run_dir) if self.layout.is_main else (None, [])
+        if self.layout.distributed:
+            dist.barrier()
+        keep = ckpt.latest_healthy(self.run_dir)
+        aside = (f" The {len(moved)} checkpoint(s) saved after it while the loss was diverging were renamed "
+                 f"to *{ckpt.DIVERGED}." if moved else "")
+        start = (f"the same command resumes from the last healthy checkpoint, {keep}." if keep else
+                 "no healthy checkpoint exists, so the same command starts over.")
+        return TrainingError(f"the loss is not finite at {where}; training stopped before updating the weights."
+                             f"{aside} Lower [optimizer] lr (e.g. --set optimizer.lr={self.schedule.base_lr / 10:g}) "
+                             f"or check the data, then run the same command: {start} The lr in the config is "
+                             "the one that applies (docs/training.md, Failure and recovery).")
 
     # -- loop --------------------------------------------------------------------------
 
     def _loader(self):
-        lay = self.layout
+        lay, p = self.layout, self.position
         return build_train_loader(self.cfg.data, batch_size=self.cfg.training.batch_size, seed=self.cfg.job.seed,
-                                  epoch=self.epoch, start_step=self.step_in_epoch, dp_rank=lay.dp_rank,
+                                  epoch=p.epoch, start_step=p.step_in_epoch, dp_rank=lay.dp_rank,
                                   dp_size=lay.dp_size, mp_group=lay.mp_group, device=lay.devices[0])
 
     def _eval_loader(self, ten_crop: bool):
@@ -231,95 +339,136 @@ class Trainer:
         results.update({f"val_{k}_centre": centre[k] for k in ("top1_error", "top5_error")})
         if ten is not None:
             results.update({f"val_{k}_10crop": ten[k] for k in ("top1_error", "top5_error")})
-        self.metrics.validation(self.global_step, self.epoch, results, self.optimizer.param_groups[0]["lr"])
+        self.metrics.validation(self.position.global_step, self.position.epoch, results,
+                                self.optimizer.param_groups[0]["lr"])
         return results
 
     def _drill(self) -> None:
         d = self.cfg.debug.kill_at_step
-        if d and self.global_step == d and self.layout.attempt == 0 and self.layout.rank == self.layout.world_size - 1:
-            print(f"[alexnet-mp] debug.kill_at_step: rank {self.layout.rank} kills itself after step {d}",
+        lay = self.layout
+        if d and self.position.global_step == d and lay.attempt == 0 and lay.rank == lay.world_size - 1:
+            print(f"[alexnet-mp] debug.kill_at_step: rank {lay.rank} kills itself after step {d}",
                   file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _limit_reached(self) -> bool:
         m = self.cfg.training.max_steps
-        return bool(m) and self.global_step >= m
+        return bool(m) and self.position.global_step >= m
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+        """Forward, loss, backward, gradient sync and update. Returns the loss (the largest over
+        data-parallel replicas) and the logits; a non-finite loss on any rank returns
+        ``(nan, None)`` before anything is updated."""
+        if self.cfg.training.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(**self.autocast):
+            logits = self.forward(images)
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        if self.cfg.debug.inject_nan_at_step == self.position.global_step + 1:
+            loss = loss * float("nan")
+        value = loss.item()
+        finite = math.isfinite(value)
+        bad, worst = _agree_max([float(not finite), value if finite else 0.0], self.layout)
+        if bad:
+            return math.nan, None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.reducer is not None:
+            self.reducer.finish()
+        self.optimizer.step()
+        self._last_loss = value
+        return worst, logits.detach()
+
+    def _epoch(self, loader) -> bool:
+        """Run the rest of an epoch; False when a signal stopped the run."""
+        cfg, p = self.cfg, self.position
+        steps = len(loader)
+        self.model.train()
+        t_data = time.perf_counter()
+        for images, labels in loader:
+            data_s = time.perf_counter() - t_data
+            if _agree([self.stop.signal is not None], self.layout)[0]:
+                self.save("signal")
+                self.metrics.note(f"stopped by signal {self.stop.signal or 'on another rank'} after step "
+                                  f"{p.global_step}; run the same command to resume")
+                return False
+            t_step = time.perf_counter()
+            self.model.stats.reset()
+            worst, logits = self.train_step(images, labels)
+            self._judge_saved(worst)
+            if logits is None:
+                raise self._diverged(steps)
+            self.losses.append(self._last_loss)
+            p.global_step += 1
+            p.step_in_epoch += 1
+            p.samples_seen += cfg.training.batch_size * self.layout.dp_size
+            self.metrics.step(p.global_step, p.epoch, p.step_in_epoch, steps, loss=self._last_loss, logits=logits,
+                              labels=labels,
+                              lr=self.optimizer.param_groups[0]["lr"], data_s=data_s,
+                              step_s=time.perf_counter() - t_step, stats=self.model.stats, dp_bytes=self._dp_bytes)
+            if cfg.checkpoint.interval and p.global_step % cfg.checkpoint.interval == 0 and p.step_in_epoch < steps:
+                self.save("interval")
+            self._drill()
+            if self._limit_reached():
+                break
+            t_data = time.perf_counter()
+        return True
+
+    def _end_of_epoch(self) -> dict[str, float]:
+        cfg, p = self.cfg, self.position
+        p.epoch += 1
+        p.step_in_epoch = 0
+        results = {}
+        if p.epoch % cfg.validation.freq_epochs == 0 or p.epoch == cfg.training.epochs:
+            results = self.validate(final=p.epoch == cfg.training.epochs)
+            if self.schedule.step(results["val_top1_error_centre"]):
+                self._set_lr(self.schedule.lr)
+        self.metrics.filters(self.model, p.global_step)
+        self.save("epoch end")
+        return results
 
     def train(self) -> dict[str, float]:
-        cfg = self.cfg
+        cfg, p = self.cfg, self.position
         self.stop.install()
-        self.resume()
+        self.metrics.open(purge_step=self.resume() + 1)
         loader = self._loader()
-        self.metrics.banner(self.model, len(loader))
-        interval = cfg.checkpoint.interval
+        self.metrics.banner(self.model, len(loader), self.optimizer.param_groups[0]["lr"])
         results: dict[str, float] = {}
         validated_at = -1
-        while self.epoch < cfg.training.epochs and not self._limit_reached():
+        while p.epoch < cfg.training.epochs and not self._limit_reached():
             loader = loader if loader is not None else self._loader()
-            steps = len(loader)
-            self.model.train()
-            t_data = time.perf_counter()
-            for images, labels in loader:
-                data_s = time.perf_counter() - t_data
-                t_step = time.perf_counter()
-                self.model.stats.reset()
-                if cfg.training.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(**self.autocast):
-                    logits = self.forward(images)
-                loss = F.cross_entropy(logits.float(), labels.to(logits.device))
-                if cfg.debug.inject_nan_at_step and self.global_step + 1 == cfg.debug.inject_nan_at_step:
-                    loss = loss * float("nan")
-                loss_value = loss.item()
-                bad, stop = _agree([not math.isfinite(loss_value), self.stop.signal is not None], self.layout)
-                if bad or stop:
-                    if bad:
-                        raise TrainingError(
-                            f"the loss is not finite at step {self.global_step + 1} (epoch {self.epoch + 1}, step "
-                            f"{self.step_in_epoch + 1} of {steps}); training stopped before updating the weights. "
-                            f"The last good checkpoint is kept in {ckpt.checkpoint_dir(self.run_dir)}; lower "
-                            "[optimizer] lr or check the data, then run the same command to resume.")
-                    self.save("signal")
-                    self.metrics.note(f"stopped by signal {self.stop.signal} after step {self.global_step}; "
-                                      "run the same command to resume")
-                    return results
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                dp_bytes = self.reducer.finish() if self.reducer is not None else self._dp_bytes
-                self.optimizer.step()
-                self.losses.append(loss_value)
-                self.global_step += 1
-                self.step_in_epoch += 1
-                self.samples_seen += cfg.training.batch_size * self.layout.dp_size
-                self.metrics.step(self.global_step, self.epoch, self.step_in_epoch, steps, loss=loss, logits=logits,
-                                  labels=labels, lr=self.optimizer.param_groups[0]["lr"], data_s=data_s,
-                                  step_s=time.perf_counter() - t_step, stats=self.model.stats, dp_bytes=dp_bytes)
-                if interval and self.global_step % interval == 0 and self.step_in_epoch < steps:
-                    self.save("interval")
-                self._drill()
-                if self._limit_reached():
-                    break
-                t_data = time.perf_counter()
-            loader = None  # the next epoch has its own order and augmentation
-            if self.step_in_epoch >= steps:
-                self.epoch += 1
-                self.step_in_epoch = 0
-                if self.epoch % cfg.validation.freq_epochs == 0 or self.epoch == cfg.training.epochs:
-                    results = self.validate(final=self.epoch == cfg.training.epochs)
-                    validated_at = self.global_step
-                    self.scheduler.step(results["val_top1_error_centre"])
-                self.metrics.filters(self.model, self.global_step)
-                self.save("epoch end")
+            if not self._epoch(loader):
+                return results
+            steps, loader = len(loader), None  # the next epoch has its own order and augmentation
+            if p.step_in_epoch >= steps:
+                results = self._end_of_epoch()
+                validated_at = p.global_step if results else validated_at
             elif self._limit_reached():
                 self.save("max_steps")
-        final = results if validated_at == self.global_step and self.epoch == cfg.training.epochs \
+        final = results if validated_at == p.global_step and p.epoch == cfg.training.epochs \
             else self.validate(final=True)
-        self.metrics.finish(self.model, final, self._eval_loader(False), self.global_step)
+        self.metrics.finish(self.model, final, self._eval_loader(False), p.global_step)
         return final
 
     def close(self) -> None:
+        self.stop.uninstall()
         self.metrics.close()
+        if self.lock is not None:
+            self.lock.release()
         teardown(self.layout)
+
+
+def _changed_hyperparameters(meta: dict, cfg: Config, schedule: PlateauSchedule) -> list[str]:
+    """What the config changes on resume: the config wins, and the run says so."""
+    lines = []
+    if meta["base_lr"] != cfg.optimizer.lr:
+        lines.append(f"[optimizer] lr = {cfg.optimizer.lr:g} in the config, {meta['base_lr']:g} in the checkpoint: "
+                     f"the config wins; after {schedule.reductions} reduction(s) the lr is now {schedule.lr:g}")
+    for key in ("momentum", "weight_decay"):
+        stored, now = meta["optimizer"].get(key), getattr(cfg.optimizer, key)
+        if stored is not None and stored != now:
+            lines.append(f"[optimizer] {key} = {now:g} in the config, {stored:g} in the checkpoint: the config wins")
+    return lines
 
 
 def run(cfg: Config) -> dict[str, float]:

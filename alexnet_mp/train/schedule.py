@@ -1,0 +1,52 @@
+"""The paper's learning-rate schedule: divide by 10 when the validation error stops improving.
+
+Its state is three numbers, kept as JSON in each checkpoint's ``meta.json`` (nothing pickled).
+The lr in effect is always ``base_lr * factor ** reductions``, so a run resumed with another
+``[optimizer] lr`` keeps its place in the schedule (docs/training.md, "Failure and recovery").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class PlateauSchedule:
+    """``factor`` times the lr after ``patience`` evaluations without an improvement of at least
+    ``threshold`` (absolute) in the error, at most ``max_reductions`` times."""
+
+    base_lr: float
+    factor: float
+    patience: int
+    threshold: float
+    max_reductions: int
+    best: float = math.inf
+    bad_evals: int = 0
+    reductions: int = 0
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.factor**self.reductions
+
+    def step(self, error: float) -> bool:
+        """Record one evaluation's error; True when the lr was just reduced."""
+        if error < self.best - self.threshold:
+            self.best, self.bad_evals = error, 0
+            return False
+        self.bad_evals += 1
+        if self.bad_evals > self.patience and self.reductions < self.max_reductions:
+            self.reductions += 1
+            self.bad_evals = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        """JSON-ready: ``best`` is None until the first evaluation."""
+        return {"best": None if math.isinf(self.best) else self.best, "bad_evals": self.bad_evals,
+                "reductions": self.reductions}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = math.inf if state["best"] is None else float(state["best"])
+        self.bad_evals = int(state["bad_evals"])
+        self.reductions = int(state["reductions"])
