@@ -122,7 +122,8 @@ class ColumnLRN(nn.Module):
         if x.shape[1] % self.groups:
             raise ValueError(f"{x.shape[1]} channels do not split into {self.groups} columns")
         args = (x, self.groups, self.size, self.alpha, self.beta, self.k)
-        if self.impl == "triton" or (self.impl == "fast" and x.is_cuda and not torch.compiler.is_compiling()
+        if self.impl == "triton" or (self.impl == "fast" and x.is_cuda and x.dtype != torch.float64
+                                     and not torch.compiler.is_compiling()
                                      and _triton_lrn() is not None):
             return _triton_lrn().apply(*args)
         if self.impl in ("fast", "eager"):

@@ -20,11 +20,20 @@ def test_round_trip_is_exact():
 
 
 def test_columns_take_output_halves():
-    state = AlexNet(10).state_dict()
+    # Every entry distinct (AlexNet's zero biases would hide swapped halves): entry i of each tensor is i.
+    state = {k: torch.arange(v.numel(), dtype=torch.float64).reshape(v.shape) for k, v in AlexNet(10).state_dict().items()}
     parts = to_columns(state)
-    assert torch.equal(parts[1]["conv1.weight"], state["conv1.weight"][48:])
-    assert torch.equal(parts[0]["fc8.bias"], state["fc8.bias"][:5])
-    assert parts[0]["conv3.weight"].shape == (192, 256, 3, 3)
+    # The paper's split by output maps/features: (column 0, column 1) rows of each layer; the
+    # grouped convs keep their per-group input width, conv3 and the fc layers all inputs.
+    halves = {"conv1": 48, "conv2": 128, "conv3": 192, "conv4": 192, "conv5": 128, "fc6": 2048, "fc7": 2048, "fc8": 5}
+    assert [k.split(".")[0] for k in state][::2] == list(halves)
+    for layer, rows in halves.items():
+        for suffix in ("weight", "bias"):
+            whole = state[f"{layer}.{suffix}"]
+            assert torch.equal(parts[0][f"{layer}.{suffix}"], whole[:rows]), (layer, suffix)
+            assert torch.equal(parts[1][f"{layer}.{suffix}"], whole[rows:]), (layer, suffix)
+    assert parts[0]["conv3.weight"].shape == (192, 256, 3, 3) and parts[1]["conv4.weight"].shape == (192, 192, 3, 3)
+    assert parts[0]["fc6.weight"].shape == (2048, 9216)
 
 
 def test_foreign_state_is_rejected_by_name():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from math import prod
 
 import pytest
 import torch
@@ -19,16 +18,23 @@ from alexnet_mp.profile.runner import ProfileConfig, resolve_device, verdict
 
 def test_paper_transfers_are_the_layer_tables_exchanges_both_ways():
     transfers = analytic.paper_transfers(128)
-    expected = L.exchange_bytes(128)
+    # the paper's floats per sample per column, typed: conv3 13x13x128, fc6 6x6x128, fc7/fc8 2048, logits 500
+    floats = {"conv3": 21_632, "fc6": 4_608, "fc7": 2_048, "fc8": 2_048, "logits": 500}
     assert {(t.name, t.direction): t.payload for t in transfers} == {
-        (n, d): b for n, b in expected.items() for d in ("forward", "backward")}
+        (n, d): f * 128 * 4 for n, f in floats.items() for d in ("forward", "backward")}
+    assert {(t.name, t.op) for t in transfers} == {
+        (n, op) for n in floats for op in ("all-gather", "reduce-scatter")}
     # DESIGN.md section 3: ~31.6 MB per column per step at batch 128, fp32
-    assert sum(t.payload for t in transfers) == 2 * 4 * 128 * (21_632 + 4_608 + 2_048 + 2_048 + 500)
+    assert sum(t.payload for t in transfers) == 31_576_064
 
 
 def test_data_parallel_allreduces_every_parameter_once_per_step_whatever_the_batch():
     transfers = analytic.data_parallel_transfers(2)
-    assert sum(t.payload for t in transfers) == L.total_params() * 4 == 243_860_896
+    assert sum(t.payload for t in transfers) == 243_860_896  # the paper's 60,965,224 parameters x 4 bytes
+    # each layer's weights + biases, typed from Figure 2, in the order backward produces them
+    params = {"fc8": 4_097_000, "fc7": 16_781_312, "fc6": 37_752_832, "conv5": 442_624, "conv4": 663_936,
+              "conv3": 885_120, "conv2": 307_456, "conv1": 34_944}
+    assert [(t.name, t.payload) for t in transfers] == [(f"{n}.grad", p * 4) for n, p in params.items()]
     model = AlexNet()
     for t in transfers:
         layer = getattr(model, t.name.removesuffix(".grad"))
@@ -39,15 +45,13 @@ def test_data_parallel_allreduces_every_parameter_once_per_step_whatever_the_bat
 
 
 def test_row_partition_sends_half_the_outputs_and_is_cheaper_at_fc6_and_fc8():
-    parts = {p.name: p for p in analytic.fc_partitions()}
-    fc = {s.layer.name: s for s in L.shapes() if s.layer.kind == "fc"}
-    for name, s in fc.items():
-        assert parts[name].by_columns == prod(s.in_shape) // 2
-        assert parts[name].by_rows == s.layer.out // 2
-    assert [parts[n].cheaper for n in ("fc6", "fc7", "fc8")] == ["rows", "same", "rows"]
-    paper, rows = L.exchange_bytes(8), analytic.row_fc_bytes(8, choice="rows")
-    assert rows["conv3"] == paper["conv3"] and rows["logits"] == paper["logits"]
-    assert rows["fc6"] == 2048 * 8 * 4 < paper["fc6"] and rows["fc8"] == 500 * 8 * 4 < paper["fc8"]
+    # floats per sample one column sends: gathering its half of the input (the paper) or
+    # reduce-scattering the other half of the outputs (by rows); typed from Figure 2
+    parts = {p.name: (p.by_columns, p.by_rows, p.cheaper) for p in analytic.fc_partitions()}
+    assert parts == {"fc6": (4_608, 2_048, "rows"), "fc7": (2_048, 2_048, "same"), "fc8": (2_048, 500, "rows")}
+    # bytes at batch 8 (x 32): conv3 and the logits as in the paper, the fc layers by rows
+    assert analytic.row_fc_bytes(8, choice="rows") == {"conv3": 21_632 * 32, "fc6": 2_048 * 32, "fc7": 2_048 * 32,
+                                                       "fc8": 500 * 32, "logits": 500 * 32}
     # with 10 classes fc8 by rows (5 floats) still beats gathering 2048
     assert analytic.row_fc_bytes(8, num_classes=10)["fc8"] == 5 * 8 * 4
 
@@ -61,11 +65,12 @@ def test_flop_count_of_grouped_convolutions_matches_the_split_columns():
     counter = flop_counter()
     with counter:
         torch.nn.functional.cross_entropy(single(x), y).backward()
-    conv2 = single.conv2
-    b, h, w = 2, 27, 27
-    forward = 2 * b * h * w * conv2.weight.numel()
+    # One column's conv2 is dense, 48 -> 128 maps, 5x5, on 27x27: 2 x 2 x 729 x 128 x 48 x 25 =
+    # 447,897,600 FLOPs forward at batch 2, twice that backward (input and weight gradients).
+    # The grouped single-device conv2 must cost the two columns together: 2x each.
     counts = counter.get_flop_counts()["AlexNet.conv2"]
-    assert counts[torch.ops.aten.convolution_backward] == 2 * forward
+    assert counts[torch.ops.aten.convolution] == 2 * 447_897_600
+    assert counts[torch.ops.aten.convolution_backward] == 2 * 2 * 447_897_600
 
 
 def test_verdict_names_the_smaller_and_the_quieter_by_ratio():

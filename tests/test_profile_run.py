@@ -17,7 +17,6 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from alexnet_mp import layers as L
 from alexnet_mp.cli import main
 from alexnet_mp.profile.report import schema
 
@@ -46,6 +45,17 @@ def torchrun_report(tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
+FLOATS = {"conv3": 21_632, "fc6": 4_608, "fc7": 2_048, "fc8": 2_048, "logits": 500}
+"""The paper's floats per sample one column sends at each exchange (1000 classes), typed."""
+PARAMS, COLUMN_PARAMS = 60_965_224, 30_482_612
+"""The paper's parameters, the whole net's and one column's."""
+
+
+def _paper_bytes(batch: int) -> dict[str, int]:
+    """fp32 bytes one column sends per exchange and direction at ``batch``."""
+    return {name: floats * batch * 4 for name, floats in FLOATS.items()}
+
+
 def _bytes_by_exchange(strategy: dict) -> dict[tuple[str, str], list[int]]:
     return {(e["name"], e["direction"]): e["measured_bytes"] for e in strategy["exchanges"]}
 
@@ -66,8 +76,9 @@ def test_json_validates_against_the_documented_schema(compared, torchrun_report)
 def test_paper_measured_bytes_equal_the_analytic_figures_exactly(which, compared, torchrun_report):
     report = compared[0] if which.startswith("spawned") else torchrun_report
     batch = report["config"]["batch_size"]
+    assert (batch, report["config"]["num_classes"]) == ((4, 1000) if which.startswith("spawned") else (2, 1000))
     paper = report["strategies"]["paper"]
-    analytic = L.exchange_bytes(batch)
+    analytic = _paper_bytes(batch)
     measured = _bytes_by_exchange(paper)
     assert set(measured) == {(n, d) for n in analytic for d in ("forward", "backward")}  # nothing else crossed
     for (name, _), per_rank in measured.items():
@@ -81,8 +92,8 @@ def test_data_parallel_allreduces_exactly_the_parameter_bytes(compared):
     dp = report["strategies"]["data-parallel"]
     assert all(e["op"] == "all-reduce" and e["direction"] == "backward" for e in dp["exchanges"])
     for rank in range(2):
-        assert sum(e["measured_bytes"][rank] for e in dp["exchanges"]) == L.total_params() * 4
-        assert dp["ranks"][rank]["memory"]["parameters"] == L.total_params() * 4
+        assert sum(e["measured_bytes"][rank] for e in dp["exchanges"]) == PARAMS * 4
+        assert dp["ranks"][rank]["memory"]["parameters"] == PARAMS * 4
         assert dp["ranks"][rank]["batch"] == 2
     assert dp["wire_bytes_per_step"] == report["analytic"]["data_parallel"]["wire_bytes_per_rank"]
 
@@ -92,10 +103,11 @@ def test_each_column_holds_half_of_the_single_devices_parameters_gradients_and_m
     single = report["strategies"]["single"]["ranks"][0]
     for column in report["strategies"]["paper"]["ranks"]:
         for key in ("parameters", "gradients", "optimizer_state"):
-            assert 2 * column["memory"][key] == single["memory"][key] == L.total_params() * 4
+            assert 2 * column["memory"][key] == single["memory"][key] == PARAMS * 4
         assert 2 * column["flops"] == single["flops"]
         # what autograd keeps for backward is at least the column's own output maps...
-        assert column["memory"]["activations"] > 4 * 4 * sum(s.neurons for s in L.shapes()) // 2
+        # (659,272 neurons per sample in Figure 2, half per column, batch 4, 4 bytes)
+        assert column["memory"]["activations"] > 4 * 4 * 659_272 // 2
         assert column["memory"]["activations"] < single["memory"]["activations"]
         assert column["memory"]["peak_tensors"] < single["memory"]["peak_tensors"]
     assert [r["column"] for r in report["strategies"]["paper"]["ranks"]] == [0, 1]
@@ -104,7 +116,7 @@ def test_each_column_holds_half_of_the_single_devices_parameters_gradients_and_m
 def test_table_and_tensorboard_say_what_was_measured(compared):
     report, out, text = compared
     assert "conv3      all-gather" in text and "verdict: paper holds the least per device" in text
-    assert f"{L.exchange_bytes(4)['conv3']:,}" in text and "(exact)" in text
+    assert "346,112" in text and "(exact)" in text  # conv3: 21,632 floats x 4 samples x 4 bytes
     assert "fc6.grad" in text and "by rows" in text
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -112,7 +124,7 @@ def test_table_and_tensorboard_say_what_was_measured(compared):
     assert runs == {"paper", "single", "data-parallel"}
     acc = EventAccumulator(str(out / "tb" / "data-parallel")).Reload()
     (event,) = acc.Scalars("comm/bytes_per_step(MB)")
-    assert event.step == 4 and event.value == pytest.approx(L.total_params() * 4 / 1e6)
+    assert event.step == 4 and event.value == pytest.approx(243.860896, rel=1e-6)  # PARAMS x 4 B in MB; stored fp32: 2^-24 rel
     root = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0}).Reload()
     assert "profile/report/text_summary" in root.Tags()["tensors"]
 
@@ -128,10 +140,11 @@ def test_hybrid_sends_the_pairs_exchanges_and_half_the_gradients(tmp_path):
     hybrid = report["strategies"]["hybrid"]
     assert hybrid["exact"] and hybrid["processes"] == 4
     got = _bytes_by_exchange(hybrid)
-    for name, n in L.exchange_bytes(2).items():
+    for name, n in _paper_bytes(2).items():  # each pair exchanges at the replica's half batch
         assert got[(name, "forward")] == got[(name, "backward")] == [n] * 4
-    grads = sum(got[(f"{s.layer.name}.grad", "backward")][0] for s in L.shapes())
-    assert grads == L.column_params() * 4
+    for rank in range(4):
+        assert sum(got[(f"{layer}.grad", "backward")][rank] for layer in
+                   ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")) == COLUMN_PARAMS * 4
     assert [r["column"] for r in hybrid["ranks"]] == [0, 1, 0, 1]
 
 

@@ -20,7 +20,7 @@ def _worker(rank, world, bucket_mb):
     model = _model()
     reducer = GradientReducer(model.parameters(), dist.group.WORLD, world, bucket_mb=bucket_mb or 25.0,
                               overlap=bucket_mb > 0)
-    launched_in_backward = []
+    launched_in_backward, worst = [], 0.0
     for step in range(2):
         g = torch.Generator().manual_seed(100 * step + rank)
         x, y = torch.randn(8, 32, generator=g, dtype=torch.float64), torch.randint(0, 10, (8,), generator=g)
@@ -32,8 +32,10 @@ def _worker(rank, world, bucket_mb):
         gathered = [[torch.empty_like(t) for _ in range(world)] for t in local]
         for t, out in zip(local, gathered):
             dist.all_gather(out, t)
-        worst = max((p.grad - torch.stack(out).mean(0)).abs().max().item()
-                    for p, out in zip(model.parameters(), gathered))
+        # the error in units of the largest averaged gradient, over every step
+        for p, out in zip(model.parameters(), gathered):
+            mean = torch.stack(out).mean(0)
+            worst = max(worst, ((p.grad - mean).abs().max() / mean.abs().max()).item())
     return {"buckets": [[tuple(p.shape) for p in b] for b in reducer.buckets], "worst": worst, "bytes": nbytes,
             "launched_in_backward": launched_in_backward}
 
@@ -42,7 +44,6 @@ def _worker(rank, world, bucket_mb):
 def test_reducer_averages_over_the_replicas(bucket_mb):
     params = sum(p.numel() for p in _model().parameters())
     for r in run_workers(_worker, 2, (bucket_mb,), threads=1):
-        assert r["worst"] < 1e-15
         assert r["bytes"] == params * 8
         flat = [s for b in r["buckets"] for s in b]
         assert flat == [tuple(p.shape) for p in reversed(list(_model().parameters()))]  # backward order
@@ -52,6 +53,8 @@ def test_reducer_averages_over_the_replicas(bucket_mb):
             assert len(r["buckets"]) > 2 and r["launched_in_backward"] == [len(r["buckets"])] * 2
         else:
             assert len(r["buckets"]) == 1 and r["launched_in_backward"] == [1, 1]
+        # float64: the mean of two replicas is one rounded sum, halved exactly, in any order: 2^-53 of the largest
+        assert r["worst"] <= 2.0**-53
 
 
 def test_reducer_is_a_no_op_without_replicas():

@@ -214,6 +214,7 @@ class _TensorsOnly(DefaultLoadPlanner):
 
 def _load(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Fill ``state``'s tensors in place from the checkpoint at ``path``."""
+    tensor_keys(path)  # refuse unsafe metadata here, before DCP's own error handling wraps it
     try:
         dcp.load(state, storage_reader=SafeReader(str(path)), planner=_TensorsOnly(),
                  no_dist=not dist.is_initialized())
