@@ -16,7 +16,7 @@ from PIL import Image
 from alexnet_mp.cli import main
 from alexnet_mp.data import build_eval_loader
 from alexnet_mp.data.augment import load_color_stats
-from alexnet_mp.errors import ConfigError
+from alexnet_mp.errors import ConfigError, DataError
 
 from data_fixtures import cfg_for, corrupt_scan_data, jpeg_bytes, textured
 
@@ -112,3 +112,17 @@ def test_dataset_stats_bad_numbers_are_named(flat_root, tmp_path, monkeypatch, a
     result = CliRunner().invoke(main, ["dataset-stats", str(root), "--quiet", *args])
     assert result.exit_code == 2 and needle in result.output, result.output
     assert not (root / "color_stats.json").exists()
+
+
+@pytest.mark.parametrize("field,value", [("mean", ["a", 0, 0]), ("std", [0, 0, 0]), ("eigval", [1, 2]),
+                                         ("eigvec", [[1, 0, 0], [0, 1, 0]]), ("eigvec", [["x", 0, 0]] * 3),
+                                         ("mean", [True, 0.5, 0.5])])
+def test_a_stats_file_of_the_wrong_shape_is_named(flat_root, tmp_path, field, value):
+    import json
+
+    from alexnet_mp.data.augment import IMAGENET, load_color_stats
+
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps({**IMAGENET.to_json(), field: value}))
+    with pytest.raises(DataError, match=f"{path} is not a colour-statistics file.*{field.split()[0]}"):
+        load_color_stats(cfg_for(flat_root, tmp_path, color_stats="dataset", stats_file=str(path)))

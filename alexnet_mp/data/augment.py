@@ -73,10 +73,9 @@ def load_color_stats(cfg) -> ColorStats:
         path = Path(cfg.stats_file) if cfg.stats_file else Path(cfg.path) / STATS_FILE_NAME
         try:
             raw = json.loads(path.read_text())
-            stats = ColorStats(tuple(raw["mean"]), tuple(raw["std"]), tuple(raw["eigval"]),
-                               tuple(tuple(r) for r in raw["eigvec"]), str(path))
-            if len(stats.mean) != 3 or len(stats.std) != 3 or len(stats.eigval) != 3 or np.shape(stats.eigvec) != (3, 3):
-                raise ValueError("expected 3 means, 3 stds, 3 eigenvalues and a 3x3 eigvec")
+            stats = ColorStats(_numbers(raw["mean"], "mean"), _numbers(raw["std"], "std", positive=True),
+                               _numbers(raw["eigval"], "eigval"),
+                               tuple(_numbers(r, "eigvec row") for r in _rows(raw["eigvec"])), str(path))
         except FileNotFoundError:
             raise ConfigError(
                 f"[data] color_stats = \"dataset\" but {path} does not exist; run `alexnet-mp dataset-stats "
@@ -88,6 +87,21 @@ def load_color_stats(cfg) -> ColorStats:
         stats = ColorStats(tuple(cfg.mean or stats.mean), tuple(cfg.std or stats.std), stats.eigval, stats.eigvec,
                            stats.source + " with [data] mean/std")
     return stats
+
+
+def _numbers(value, name: str, *, positive: bool = False) -> tuple[float, float, float]:
+    """Three finite numbers (not booleans), each > 0 if ``positive``; a ValueError naming ``name`` otherwise."""
+    ok = (isinstance(value, list) and len(value) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value))
+    if not ok or (positive and min(value) <= 0):
+        raise ValueError(f"{name} must be three finite numbers{' > 0' if positive else ''}, got {value!r}")
+    return tuple(float(v) for v in value)
+
+
+def _rows(value) -> list:
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError(f"eigvec must be a 3x3 list of rows, got {value!r}")
+    return value
 
 
 def resized_size(sizes: np.ndarray) -> np.ndarray:
