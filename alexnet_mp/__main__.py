@@ -1,5 +1,5 @@
 """``python -m alexnet_mp`` is the ``alexnet-mp`` command."""
 
-from .cli import main
+from .commands import main
 
 main()

@@ -79,7 +79,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer("fc7", "fc", 4096, "both", 1.0, dropout=True),
     Layer("fc8", "fc", 1000, "both", 0.0, relu=False),
 )
-"""DESIGN.md section 1. ``fc8.out`` is replaced by ``num_classes`` where one is given."""
+"""The paper's Figure 2 (docs/paper.md). ``fc8.out`` is replaced by ``num_classes`` where one is given."""
 
 LOGITS = "logits"
 """Name of the exchange after fc8 that gives every column all the logits for the loss."""

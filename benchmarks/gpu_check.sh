@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of docs/benchmarks.md and docs/verify.md, as one script for a lent GPU box
+# The GPU checks of docs/benchmarks.md and docs/verify.md, as one script for a borrowed GPU machine
 # (torch preinstalled there; DALI is not, so nothing here imports alexnet_mp.data).
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -8,7 +8,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 python3 - <<'PY' 2>&1 | tee "$OUT/verify.txt"
 import json, os
-from alexnet_mp.verify import run, format_report
+from alexnet_mp.commands.verify import run, format_report
 for dtype in ("float64", "float32"):
     for b in (8, 128):
         r = run(b, 0, 1000, device="cuda", processes=False, dtype=dtype)

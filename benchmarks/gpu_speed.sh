@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 6's GPU speed checks as one script for a lent GPU box (torch and triton preinstalled
-# there; no DALI, maybe no pytest): the CUDA-graphed step checked against the eager one, the
-# LRN implementations alone (benchmarks/lrn.py), then the training step (benchmarks/step.py).
+# The GPU speed checks of docs/benchmarks.md as one script for a borrowed GPU machine (torch
+# and triton preinstalled there; no DALI, maybe no pytest): the CUDA-graphed step checked
+# against the eager one, the LRN implementations alone (benchmarks/lrn.py), then the
+# training step (benchmarks/step.py).
 #   bash benchmarks/gpu_speed.sh                       # about 2 minutes on an H200
 #   MODES=fp32,bf16,graph,compile VARIANTS=... bash benchmarks/gpu_speed.sh
 set -u
@@ -24,6 +25,6 @@ timeout 150 python3 benchmarks/step.py --device cuda --batch-size 128 --steps 30
   --modes "${MODES:-bf16,graph}" --variants "${VARIANTS:-alexnet-fast-lrn,alexnet-eager-lrn}" \
   --json "$OUT/step_cuda.json" 2>&1 | tee "$OUT/step.txt"
 timeout 60 python3 -c "
-import sys; sys.path.insert(0, 'tests')
+import sys; sys.path[:0] = ['tests', 'tests/train']
 from test_graphs import graphed_vs_eager
 print('graphed vs eager', graphed_vs_eager())" 2>&1 | tee "$OUT/graph_check.txt"

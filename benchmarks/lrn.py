@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from alexnet_mp.lrn import ColumnLRN, _triton_lrn  # noqa: E402
+from alexnet_mp.model.lrn import ColumnLRN, _triton_lrn  # noqa: E402
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
                 line += f" | {impl} speed-up {(tf + tb) / sum(statistics.median(t) for t in times[impl]):.1f}x"
         print(line, flush=True)
     if cuda and "triton" in impls:
-        from alexnet_mp.lrn_triton import tuned_configs
+        from alexnet_mp.model.lrn_triton import tuned_configs
 
         print("tuned (elements per tile, warps):", tuned_configs())
 

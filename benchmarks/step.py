@@ -1,20 +1,20 @@
 """Training-step speed of the faithful net, side by side in one run, as medians.
 
     python benchmarks/step.py --device cpu --batch-size 16 --processes --rounds 3   # this CPU box: ratios
-    python benchmarks/step.py --device cpu --batch-size 8 --hybrid                   # gradient sync, 4 processes
+    python benchmarks/step.py --device cpu --batch-size 8 --hybrid                   # 2 replicas x 2 columns, DDP
     python benchmarks/step.py --device cuda --batch-size 128 --modes bf16,graph      # one GPU: images/s
 
 ``--processes`` (CPU) adds the split across two gloo processes of one thread each, with the
-exchanges overlapped and not, and the single-device net on one thread — the comparisons of
-issue 6: split vs one process with the same total threads, and scaling efficiency
-(one process on one thread / twice the split's step).
+exchanges overlapped and not, and the single-device net on one thread: the split against one
+process with the same total threads, and the scaling efficiency (one process on one thread /
+twice the split's step).
 
 Variants: the single-device AlexNet with the default LRN (``fast``: fused Triton kernels
 on CUDA, shifted adds on the CPU), with the shifted-add LRN forced (``eager``) and with
-nn.LocalResponseNorm; both columns in one process (the split's one-process placement); and
+nn.LocalResponseNorm; both columns in one process, column by column (``split-one-process``); and
 torchvision's alexnet (the 2014 one-device network, for scale). On CUDA each runs in fp32,
 in bf16 autocast with channels_last, and in bf16 + channels_last with the whole step
-(forward, backward, fused SGD) captured as one CUDA graph (alexnet_mp.graphs), and
+(forward, backward, fused SGD) captured as one CUDA graph (alexnet_mp.train.graphs), and
 optionally under torch.compile. Every variant steps with fused SGD, as the trainer does.
 ``--rounds N`` repeats everything N times in rotated order and reports medians (and the
 per-round figures in the JSON): single runs on a shared box scatter by several percent.
@@ -77,7 +77,7 @@ def measure(name, device, batch, steps, warmup, *, bf16=False, channels_last=Fal
         opt.step()
 
     if graph:
-        from alexnet_mp.graphs import GraphedStep
+        from alexnet_mp.train.graphs import GraphedStep
 
         graphed = GraphedStep(model, opt, F.cross_entropy, x, y, bf16=bf16)
 
@@ -110,7 +110,7 @@ def _split_worker(rank, world, batch, steps, warmup, overlap, classes):
     return _timed_steps(model, opt, batch, classes, steps, warmup, seed=1)
 
 
-def _timed_steps(fwd, opt, batch, classes, steps, warmup, *, seed, finish=lambda: None):
+def _timed_steps(fwd, opt, batch, classes, steps, warmup, *, seed):
     """Per-step times of this rank, steps back to back as in training (one barrier before the
     first timed step; the exchanges keep the ranks in step from there)."""
     import torch.distributed as dist
@@ -126,48 +126,38 @@ def _timed_steps(fwd, opt, batch, classes, steps, warmup, *, seed, finish=lambda
         loss = F.cross_entropy(fwd(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        finish()
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return times
 
 
-def _hybrid_worker(rank, world, batch, steps, warmup, sync, classes):
-    import torch.distributed as dist
+def _hybrid_worker(rank, world, batch, steps, warmup, classes):
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.nn.parallel import DistributedDataParallel
 
     from alexnet_mp.parallel import split_across_processes
-    from alexnet_mp.train.distributed import GradientReducer
 
     mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "mp"))
-    dp = mesh.get_group("dp")
     torch.manual_seed(0)
     model = split_across_processes(mesh.get_group("mp"), num_classes=classes, overlap=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
-    fwd, finish = model, (lambda: None)
-    if sync == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
-        fwd = DistributedDataParallel(model, process_group=dp)
-    else:
-        reducer = GradientReducer(model.parameters(), dp, world // 2, overlap=sync == "bucketed")
-        finish = reducer.finish
-    return _timed_steps(fwd, opt, batch, classes, steps, warmup, seed=1 + mesh.get_local_rank("dp"), finish=finish)
+    fwd = DistributedDataParallel(model, process_group=mesh.get_group("dp"))
+    return _timed_steps(fwd, opt, batch, classes, steps, warmup, seed=1 + mesh.get_local_rank("dp"))
 
 
-def measure_hybrid(batch, steps, warmup, *, sync, replicas=2, classes=1000):
-    from alexnet_mp.spawn import run_workers
+def measure_hybrid(batch, steps, warmup, *, replicas=2, classes=1000):
+    from alexnet_mp.parallel.spawn import run_workers
 
-    per_rank = run_workers(_hybrid_worker, 2 * replicas, (batch, steps, warmup, sync, classes), threads=1)
+    per_rank = run_workers(_hybrid_worker, 2 * replicas, (batch, steps, warmup, classes), threads=1)
     med = max(statistics.median(ts) for ts in per_rank)
-    return {"variant": f"hybrid-{replicas}x2-{sync}", "bf16": False, "channels_last": False, "compile": False,
+    return {"variant": f"hybrid-{replicas}x2-ddp", "bf16": False, "channels_last": False, "compile": False,
             "graph": False, "batch": batch * replicas, "threads": "1 per process", "median_step_s": med,
             "images_per_s": batch * replicas / med}
 
 
 def measure_split(batch, steps, warmup, *, overlap, classes=1000):
-    from alexnet_mp.spawn import run_workers
+    from alexnet_mp.parallel.spawn import run_workers
 
     per_rank = run_workers(_split_worker, 2, (batch, steps, warmup, overlap, classes), threads=1)
     # Each rank's median step, then the slower rank: the ranks run in lock-step (every step
@@ -189,8 +179,7 @@ def main() -> None:
                    "(bf16 = bf16 autocast + channels_last; graph = that, whole step as one CUDA graph)")
     p.add_argument("--processes", action="store_true", help="CPU: also the split across 2 processes")
     p.add_argument("--hybrid", action="store_true",
-                   help="CPU: also 2 replicas x 2 columns (4 processes), the gradient all-reduce as one flat "
-                        "bucket after backward, in 25 MiB buckets during backward, and by DDP on the dp group")
+                   help="CPU: also 2 replicas x 2 columns (4 processes), gradients averaged by DDP on the dp group")
     p.add_argument("--variants",
                    default="alexnet-fast-lrn,alexnet-eager-lrn,alexnet-torch-lrn,split-one-process,torchvision-alexnet",
                    help="comma-separated subset (torchvision-alexnet is the yardstick and always runs)")
@@ -242,9 +231,8 @@ def main() -> None:
                 rows.append(split)
                 _show(split, r)
         if device.type == "cpu" and a.hybrid:
-            for sync in ("flat", "bucketed", "ddp"):
-                rows.append(measure_hybrid(a.batch_size, a.steps, a.warmup, sync=sync))
-                _show(rows[-1], r)
+            rows.append(measure_hybrid(a.batch_size, a.steps, a.warmup))
+            _show(rows[-1], r)
         base = {_mode(x): x for x in rows if x["variant"] == "torchvision-alexnet"}
         for x in rows:
             ref = base.get(_mode(x))

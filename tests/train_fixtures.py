@@ -42,7 +42,10 @@ def run_trainer(cfg):
     trainer = Trainer(cfg)
     try:
         trainer.train()
-        weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        model = trainer.model
+        # the whole network's weights when this process holds every column, else this column's
+        weights = model.whole() if not trainer.layout.distributed else \
+            {k: v.detach().clone() for k, v in model.state_dict().items()}
         return trainer.losses, weights
     finally:
         trainer.close()

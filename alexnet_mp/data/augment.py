@@ -5,7 +5,7 @@ and light each image identically. Every training sample's parameters are a pure 
 of (seed, epoch, position in the epoch): resuming at any step repeats the uninterrupted
 epoch exactly, and the two columns of one model, which share the seed, see one batch.
 
-Geometry (DESIGN.md §2): rescale the short side to 256 (the long side is
+Geometry (docs/paper.md): rescale the short side to 256 (the long side is
 ``int(256 * long / short)``, torchvision's ``Resize(256)`` rule), take the centre 256×256
 (offset ``round((side - 256) / 2)``, torchvision's ``CenterCrop``), then a random
 224×224 crop inside it (offsets 0…32) and a horizontal flip with probability 1/2.
@@ -29,7 +29,7 @@ MAX_OFFSET = RESIZE - CROP  # 32: a random crop's offsets are 0..32 inclusive
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # fb.resnet.torch's PCA of ImageNet RGB covariance, pixels in [0, 1]: eigenvalues and
-# eigenvectors as *columns* (DESIGN.md §2).
+# eigenvectors as *columns* (docs/paper.md).
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_EIGVEC = (
     (-0.5675, 0.7192, 0.4009),

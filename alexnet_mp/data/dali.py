@@ -131,7 +131,7 @@ def _decode_error(candidates: list[str], err: Exception, ends=None) -> DataError
                      f"{said}")
 
 
-def dali_params(sizes, mirror, offsets, shift, stats, *, ten_crop: bool, region_decode: bool = True):
+def dali_params(sizes, mirror, offsets, shift, stats, *, ten_crop: bool):
     """Per-sample arrays for the external source, (y, x) order: decode anchor, shape, crop window, [mirror], mean."""
     from .augment import RESIZE, CROP, crop_window, decode_window
 
@@ -140,8 +140,6 @@ def dali_params(sizes, mirror, offsets, shift, stats, *, ten_crop: bool, region_
     else:
         start, end = crop_window(sizes, offsets, side=CROP)
     anchor, shape = decode_window(sizes, start, end)
-    if not region_decode:  # decode whole images (for benchmarks/loader.py's comparison)
-        anchor, shape = np.zeros_like(anchor), sizes
     mean255 = 255.0 * (np.asarray(stats.mean)[None, :] - shift)
     window = [anchor.astype(np.int32), shape.astype(np.int32),
               (start - anchor).astype(np.float32), (end - anchor).astype(np.float32)]

@@ -7,13 +7,11 @@ header (format, size; a declared size over PIL's decompression-bomb limit is a b
 the tail must hold the format's end marker (JPEG ``FF D9``, PNG ``IEND``), which names a
 truncated file; then PIL decodes the pixel stream, a JPEG at 1/8 scale (``Image.draft``:
 libjpeg still entropy-decodes every block, where corruption such as a marker it cannot
-parse is fatal, and skips most of the inverse DCT and colour work). Over 300 random
-overwrites of a JPEG's scan data the 1/8 decode failed exactly where a full decode failed.
-Cost on the quick-start dataset (3,500 JPEGs, 160-480 px, one core): about 0.6 ms per image
-(full-scale decode 0.9 ms, header and tail alone 0.1-0.2 ms). The result (and each image's size,
-which the crops need) is cached under ``cache_dir``, keyed by the split folder's path and
-every class folder's mtime (adding or removing a file changes it), so a second run over
-ImageNet's 1.28M files reads one file.
+parse is fatal, and skips most of the inverse DCT and colour work). docs/data.md ("Bad
+input") gives how well the 1/8 decode agrees with a full decode, and what the scan costs.
+The result (and each image's size, which the crops need) is cached under ``cache_dir``,
+keyed by the split folder's path and every class folder's mtime (adding or removing a
+file changes it), so a second run over ImageNet's 1.28M files reads one file.
 """
 
 from __future__ import annotations
@@ -195,7 +193,7 @@ def _read_cache(cache: Path, num_classes: int) -> list | None:
         entries = json.loads(cache.read_text())["entries"]
         ok = type(entries) is list and all(
             type(p) is str and type(k) is int and type(h) is int and type(w) is int and type(why) is str
-            and 0 <= k < num_classes for p, k, h, w, why in entries)  # 0.3 s for ImageNet's 1.28M entries
+            and 0 <= k < num_classes for p, k, h, w, why in entries)  # cost at ImageNet scale: docs/data.md
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return entries if ok else None

@@ -55,7 +55,7 @@ def _column(mp_group, column_feed: str) -> tuple[int, int]:
 
 def _gather(mp_group, parts: int):
     """All-gathers each column's part along dim 0: column order is batch order."""
-    from ..exchange import all_gather_dim0 as all_gather
+    from ..parallel.mappings import all_gather_dim0 as all_gather
 
     def gather(t: torch.Tensor) -> torch.Tensor:
         out = t.new_empty((t.shape[0] * parts, *t.shape[1:]))

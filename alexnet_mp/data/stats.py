@@ -1,4 +1,4 @@
-"""``dataset-stats``: the training set's RGB mean, std and PCA eigen-pairs (DESIGN.md §2).
+"""``dataset-stats``: the training set's RGB mean, std and PCA eigen-pairs (docs/paper.md).
 
 Computed on a random sample of training images (decoded, short side rescaled to 256 as
 the network sees them), pixels in [0, 1]; the eigen-pairs are those of the 3×3 RGB

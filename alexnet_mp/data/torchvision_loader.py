@@ -4,8 +4,8 @@ For comparison with DALI and for machines without it. Geometry is the textbook o
 ``Resize`` to the planned (H', W') with antialiasing, the 256 centre square, the planned
 224 crop, flip — where DALI resamples only the crop window on the same sampling grid.
 The decoders are PIL or ``torchvision.io.decode_jpeg`` (via ``decode_image``, which also
-reads the PNGs a folder may hold). Differences from DALI, measured in the tests: a few
-grey levels at most, from the resampling filters' arithmetic, not from the geometry.
+reads the PNGs a folder may hold). Differences from DALI come from the resampling
+filters' arithmetic, not from the geometry; the tests bound them (figures in docs/data.md).
 A file that no longer decodes, or changed size, after the scan is a ``DataError`` naming it,
 raised in the main process even when a worker found it.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F  # imported before workers fork: ~1 s each otherwise
+import torchvision.transforms.v2.functional as F  # imported before workers fork (cost otherwise: docs/data.md)
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file

@@ -2,7 +2,7 @@
 
 The profiler puts its measurements beside these numbers. Nothing here is typed in: the
 paper's exchanges come from ``layers.exchange_bytes``; the data-parallel gradient sizes
-and the row-partitioned FC variant (DESIGN.md section 3) are derived here from
+and the row-partitioned FC variant (docs/paper.md, "Communication") are derived here from
 ``layers.shapes()``.
 """
 
@@ -21,7 +21,7 @@ class Transfer:
     """One collective of one training step, as a rank sees it.
 
     ``payload`` is what the op is given per rank: for an all-gather or reduce-scatter the
-    bytes sent to the other ranks (what :class:`~alexnet_mp.exchange.ExchangeStats`
+    bytes sent to the other ranks (what :class:`~alexnet_mp.parallel.ExchangeStats`
     records); for an all-reduce the buffer reduced (the gradient bytes). ``wire`` is what
     a rank puts on the network for that payload.
     """
@@ -74,7 +74,7 @@ def hybrid_transfers(batch_size: int, replicas: int, *, num_classes: int = 1000,
 
 @dataclass(frozen=True, slots=True)
 class FCPartition:
-    """One fully connected layer split by columns (the paper) or by rows (DESIGN.md section 3).
+    """One fully connected layer split by columns (the paper) or by rows (docs/paper.md).
 
     By columns, each column gathers the whole input and computes its half of the outputs:
     it sends its half of the input. By rows, each column multiplies its own half of the
@@ -114,7 +114,7 @@ def row_fc_bytes(batch_size: int, *, num_classes: int = 1000, element_size: int 
     """Bytes one column sends per exchange and direction with FC layers by rows.
 
     ``choice="rows"`` partitions every FC layer by rows; ``"best"`` picks the cheaper
-    partition per layer (the planner DESIGN.md welcomes). conv3 and the logits are as in
+    partition per layer (what a planner would pick). conv3 and the logits are as in
     the paper.
     """
     paper = L.exchange_bytes(batch_size, num_classes=num_classes, element_size=element_size)

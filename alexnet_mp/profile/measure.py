@@ -21,12 +21,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from ..exchange import DIRECTIONS
+from ..parallel import DIRECTIONS
 from . import data
 from .strategies import RankContext, Strategy
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
-"""The paper's SGD (DESIGN.md section 2)."""
+"""The paper's SGD (docs/paper.md)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

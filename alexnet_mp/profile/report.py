@@ -71,7 +71,7 @@ def format_row_fc(a: dict) -> list[str]:
     """The paper's FC partition beside the row-partitioned variant (analytic only)."""
     paper, rows, best = (a["paper"]["bytes_per_direction"], a["row_fc"]["rows_bytes_per_direction"],
                          a["row_fc"]["best_bytes_per_direction"])
-    lines = ["FC layers by columns (the paper) or by rows (DESIGN.md section 3), analytic, bytes one column "
+    lines = ["FC layers by columns (the paper) or by rows (docs/paper.md), analytic, bytes one column "
              "sends per direction per step:",
              f"  {'exchange':<10}{'by columns':>14}{'by rows':>14}{'cheaper per layer':>20}"]
     for name in paper:

@@ -1,7 +1,7 @@
 """Run the chosen strategies and assemble the report (schema ``alexnet-mp/profile/1``).
 
 Started from a shell, each strategy gets fresh worker processes from
-:func:`alexnet_mp.spawn.run_workers` (gloo on CPU with one intra-op thread per rank, as
+:func:`alexnet_mp.parallel.spawn.run_workers` (gloo on CPU with one intra-op thread per rank, as
 torchrun gives; NCCL with one GPU per rank). Started under torchrun (``WORLD_SIZE`` and
 ``RANK`` set), the ranks that exist are used instead: each strategy runs on the first
 ranks of the world, in a sub-group, and rank 0 writes the report.
@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 
 from .. import layers as L
+from ..config import Section
 from ..errors import UserError
-from ..exchange import DIRECTIONS
-from ..spawn import run_workers
+from ..parallel import DIRECTIONS
+from ..parallel.spawn import run_workers
 from . import analytic, data, strategies
 from .measure import RankProfiler, RunSpec
 from .strategies import RankContext, Strategy
@@ -30,8 +32,8 @@ CPU_THREADS = 2
 
 
 @dataclass(kw_only=True, slots=True)
-class ProfileConfig:
-    """What ``alexnet-mp profile`` was asked for."""
+class ProfileConfig(Section):
+    """What ``alexnet-mp profile`` was asked for (its command-line options)."""
 
     strategies: list[str] = field(default_factory=lambda: ["paper"])
     """Strategy names, in the order they are run and listed."""
@@ -41,7 +43,7 @@ class ProfileConfig:
     """Timed steps; times are medians over them."""
     warmup: int = 1
     """Untimed steps before them."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """``cpu``, ``cuda`` or ``auto`` (CUDA when enough GPUs for every strategy, else CPU)."""
     data: str = data.SYNTHETIC
     """``synthetic`` or an ImageNet-style folder."""
@@ -52,31 +54,24 @@ class ProfileConfig:
     overlap: bool = False
     """Overlap the split's exchanges with compute (``paper``, ``hybrid``)."""
 
-    def __post_init__(self) -> None:
-        if not self.strategies:
-            raise UserError(f"No strategy given; accepted: {', '.join(strategies.available())}.")
-        seen = set()
+    @classmethod
+    def label(cls, key: str) -> str:
+        return "--strategy/--compare" if key == "strategies" else super(ProfileConfig, cls).label(key)
+
+    def check(self) -> None:
+        self.require("strategies", bool(self.strategies), f"one or more of {', '.join(strategies.available())}")
+        self.require("strategies", len(set(self.strategies)) == len(self.strategies), "each strategy listed once")
+        self.require("batch_size", self.batch_size >= 1, "a whole number >= 1 (the samples per step)")
         for name in self.strategies:
-            strategy = strategies.get(name)
-            if name in seen:
-                raise UserError(f"Strategy {name!r} is listed twice; list each once.")
-            seen.add(name)
-            if self.batch_size < 1:
-                raise UserError(f"--batch-size must be a positive integer (the samples per step); "
-                                f"got {self.batch_size}.")
-            if self.batch_size % strategy.batch_parts:
-                raise UserError(f"--batch-size {self.batch_size} does not split into {strategy.batch_parts} equal "
-                                f"parts, as strategy {name!r} needs (one per data-parallel device); use a "
-                                f"multiple of {strategy.batch_parts}.")
-        if self.steps < 1:
-            raise UserError(f"--steps must be at least 1 (timed steps); got {self.steps}.")
-        if self.warmup < 0:
-            raise UserError(f"--warmup must be 0 or more (untimed steps); got {self.warmup}.")
-        if self.num_classes < 2 or self.num_classes % L.COLUMNS:
-            raise UserError(f"--num-classes must be an even number of at least 2 (fc8 splits into "
-                            f"{L.COLUMNS} columns); got {self.num_classes}.")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"--device {self.device!r} is not accepted; use cpu, cuda or auto.")
+            parts = strategies.get(name).batch_parts
+            self.require("batch_size", self.batch_size % parts == 0,
+                         f"a multiple of {parts}: strategy {name!r} splits the batch into {parts} equal parts, one "
+                         "per data-parallel device")
+        self.require("steps", self.steps >= 1, "a whole number >= 1 (timed steps)")
+        self.require("warmup", self.warmup >= 0, "a whole number >= 0 (untimed steps)")
+        self.require("num_classes", self.num_classes >= 2 and self.num_classes % L.COLUMNS == 0,
+                     f"an even number >= 2 (fc8 splits into {L.COLUMNS} columns)")
+        self.require("seed", 0 <= self.seed < 2**63, "a whole number from 0 to 2**63 - 1")
         data.check_source(self.data, self.num_classes)
 
 

@@ -2,13 +2,12 @@
 
 A :class:`Strategy` says how many processes it needs, how it splits the batch, and builds
 a :class:`Replica` on each rank: the model, the loss, what runs after backward (the
-data-parallel all-reduce) and the record of what crossed. A new strategy (``hybrid``,
-DESIGN.md section 4) is one more entry in ``STRATEGIES``.
+data-parallel all-reduce) and the record of what crossed. A new strategy is one more
+entry in ``STRATEGIES``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,10 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import layers as L
-from ..errors import UserError
-from ..exchange import ExchangeStats
+from ..errors import ConfigError, UserError
 from ..model import AlexNet
-from ..parallel import split_across_processes
+from ..parallel import ExchangeStats, place_column, place_on_device
 from . import analytic
 
 
@@ -66,36 +64,47 @@ class PaperReplica(Replica):
 
     def __init__(self, ctx: RankContext) -> None:
         stats = ExchangeStats(sync_cuda=ctx.device.type == "cuda")
-        model = split_across_processes(ctx.group, device=ctx.device, num_classes=ctx.num_classes, stats=stats,
-                                       overlap=ctx.overlap)
+        model = place_column(AlexNet(ctx.num_classes), ctx.group, ctx.device, stats, overlap=ctx.overlap)
         super().__init__(model, stats)
-        self.column = model.exchange.column_indices[0]
+        self.column = model.column.index
 
 
-def _allreduce_layers(layers, group, stats: ExchangeStats, key: int) -> None:
-    """Average each layer's gradients over ``group``, one timed all-reduce per layer."""
-    world = dist.get_world_size(group)
-    for name, params in layers:
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        sync = flat.is_cuda and stats.sync_cuda
-        if sync:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        if sync:
-            torch.cuda.synchronize()
-        stats.record(key, f"{name}.grad", "backward", flat.numel() * flat.element_size(), time.perf_counter() - start)
-        flat.div_(world)
-        offset = 0
+def _data_parallel(placement, group: dist.ProcessGroup, stats: ExchangeStats, key: int) -> nn.Module:
+    """``placement`` under DDP on ``group``, every gradient bucket's all-reduce recorded per layer.
+
+    DDP is the one gradient sync, as in training; its comm hook times each bucket and splits
+    the bytes among the layers whose gradients the bucket holds (``conv1.grad`` ...)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = placement.devices[0]
+    layer_of = {id(sh.param): sh.name.split(".")[0] for sh in placement.shards()}
+    ddp = DistributedDataParallel(placement, process_group=group, broadcast_buffers=False,
+                                  device_ids=[device.index] if device.type == "cuda" else None)
+    ddp.register_comm_hook((group, stats, key, layer_of), _recorded_allreduce)
+    return ddp
+
+
+def _recorded_allreduce(state, bucket):
+    group, stats, key, layer_of = state
+    buffer = bucket.buffer()
+    params = bucket.parameters()
+    start = stats.clock([buffer])
+    work = dist.all_reduce(buffer.div_(dist.get_world_size(group)), group=group, async_op=True)
+
+    def done(fut):
+        seconds = stats.clock([buffer]) - start
+        total = sum(p.numel() for p in params)
         for p in params:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-            offset += n
+            stats.record(key, f"{layer_of[id(p)]}.grad", "backward", p.numel() * buffer.element_size(),
+                         seconds * p.numel() / total)
+        return fut.value()[0]
+
+    return work.get_future().then(done)
 
 
 class HybridReplica(Replica):
     """One column of one replica on a (dp, mp) = (W/2, 2) mesh: the paper's exchanges on
-    the pair, and this column's gradients averaged over its replicas (DESIGN.md section 4).
+    the pair, and this column's gradients averaged over its replicas by DDP (docs/scaling.md).
 
     The strategy must own the whole world: the mesh's sub-groups are made by every rank.
     """
@@ -109,42 +118,28 @@ class HybridReplica(Replica):
 
         mesh = init_device_mesh(ctx.device.type, (ctx.world // L.COLUMNS, L.COLUMNS), mesh_dim_names=("dp", "mp"))
         stats = ExchangeStats(sync_cuda=ctx.device.type == "cuda")
-        model = split_across_processes(mesh.get_group("mp"), device=ctx.device, num_classes=ctx.num_classes,
-                                       stats=stats, overlap=ctx.overlap)
-        super().__init__(model, stats)
-        self.column = self.stats_key = model.exchange.column_indices[0]
-        self.dp_group = mesh.get_group("dp")
-        (column,) = model.columns.values()
-        self.layers = [(name, list(getattr(column, name).parameters())) for name in reversed(column.layer_names)]
-
-    def after_backward(self) -> None:
-        _allreduce_layers(self.layers, self.dp_group, self.stats, self.column)
+        column = place_column(AlexNet(ctx.num_classes), mesh.get_group("mp"), ctx.device, stats, overlap=ctx.overlap)
+        self.column = self.stats_key = column.column.index
+        super().__init__(_data_parallel(column, mesh.get_group("dp"), stats, self.column), stats)
 
 
 class SingleReplica(Replica):
     """The whole single-device AlexNet; nothing crosses."""
 
     def __init__(self, ctx: RankContext) -> None:
-        super().__init__(AlexNet(ctx.num_classes).to(ctx.device), ExchangeStats())
+        super().__init__(place_on_device(AlexNet(ctx.num_classes), ctx.device), ExchangeStats())
 
 
 class DataParallelReplica(Replica):
-    """A whole AlexNet per rank on its part of the batch; gradients all-reduced per layer.
+    """A whole AlexNet per rank on its part of the batch; gradients averaged by DDP.
 
-    An explicit all-reduce per layer, in the order backward finishes them (fc8 first, as
-    DDP's buckets would), so each payload is timed and counted; the mean over ranks makes
-    the step identical to one device on the whole batch. Every rank builds the weights
-    from the same seed, which is what DDP's initial broadcast would give.
-    """
+    Every rank builds the weights from the same seed, which is what DDP's initial broadcast
+    gives; the mean over ranks makes the step identical to one device on the whole batch."""
 
     def __init__(self, ctx: RankContext) -> None:
-        super().__init__(AlexNet(ctx.num_classes).to(ctx.device), ExchangeStats(sync_cuda=ctx.device.type == "cuda"))
-        self.ctx = ctx
-        self.layers = [(name, [p for p in getattr(self.model, name).parameters()])
-                       for name in reversed(self.model.layer_names)]
-
-    def after_backward(self) -> None:
-        _allreduce_layers(self.layers, self.ctx.group, self.stats, self.ctx.rank)
+        stats = ExchangeStats(sync_cuda=ctx.device.type == "cuda")
+        whole = place_on_device(AlexNet(ctx.num_classes), ctx.device)
+        super().__init__(_data_parallel(whole, ctx.group, stats, ctx.rank), stats)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -201,12 +196,12 @@ def available() -> list[str]:
 
 
 def get(name: str) -> Strategy:
-    """The strategy called ``name``, or a :class:`UserError` naming what is accepted."""
+    """The strategy called ``name``, or a :class:`ConfigError` naming what is accepted."""
     accepted = ", ".join(available())
     strategy = STRATEGIES.get(name)
     if strategy is None:
-        raise UserError(f"Unknown strategy {name!r}; accepted: {accepted}.")
+        raise ConfigError(f"--strategy {name!r} is not accepted: one of {accepted}.")
     if strategy.build is None:
-        raise UserError(f"Strategy {name!r} ({strategy.summary}) is not available yet: {strategy.coming}. "
-                        f"Accepted now: {accepted}.")
+        raise ConfigError(f"--strategy {name!r} ({strategy.summary}) is not available yet: {strategy.coming}. "
+                          f"Accepted now: {accepted}.")
     return strategy

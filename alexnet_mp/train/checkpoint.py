@@ -19,9 +19,13 @@ Layout: ``<run>/checkpoints/step-0000123/`` holds DCP's files (``.metadata``,
 ``step-….partial`` folder that rank 0 renames into place once every rank has finished and
 ``meta.json`` is written; a folder counts only when it has its ``meta.json`` and no suffix.
 
-**Keyed by column** (``model.columns.column1.conv1.weight``): DCP treats equal keys on
-different ranks as one replicated tensor, and the two columns' weights must never mix.
-Data-parallel replicas of a column hold equal values under equal keys, as DCP expects.
+**One logical checkpoint, whatever the placement**: the keys are the whole network's
+(``model.conv1.weight``, ``optimizer.conv1.weight.momentum_buffer``). One process holding the
+whole network saves its tensors as they are; a process holding one column saves its half as a
+``DTensor`` shard (``Shard(0)``) over the model-parallel mesh, and DCP reshards on load — so a
+checkpoint of two processes resumes in one and back, and ``export`` is a load into the
+single-device model. Data-parallel replicas of a column hold the same shard, which DCP writes
+once. Each rank's RNG state is its own key (``rng.rank<r>.cpu``).
 
 **Healthy**: a checkpoint's weights are judged by the first loss computed with them — the
 next step's forward. ``meta.json`` says ``"healthy": null`` until then; true when every weight
@@ -39,6 +43,7 @@ import os
 import pickle
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +52,13 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Shard
 
-from ..convert import from_columns
+from ..parallel.columns import column_of
 from ..errors import CheckpointError
 
-FORMAT = "alexnet-mp/checkpoint/2"
+FORMAT = "alexnet-mp/checkpoint/3"
 META = "meta.json"
 DIVERGED = ".diverged"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -263,21 +270,52 @@ def _set_rng_state(state: dict[str, torch.Tensor], rank: int) -> None:
             torch.cuda.set_rng_state(value, int(where.removeprefix("cuda")))
 
 
-def _optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
-    """The optimizer's per-parameter tensors (momentum buffers) by parameter name."""
-    out = {}
-    for name, p in model.named_parameters():
-        for key, value in optimizer.state.get(p, {}).items():
-            if not torch.is_tensor(value):
-                raise TypeError(f"optimizer state {name}.{key} is not a tensor; checkpoints hold tensors only")
-            out[f"optimizer.{name}.{key}"] = value
-    return out
+def _logical(placement, mesh, of: Callable[[torch.nn.Parameter], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``of(parameter)`` for every parameter held here, as the whole network's tensors: as they
+    are for the whole network, a DTensor shard for one column per process, concatenated copies
+    for several columns in one process."""
+    held = placement.modules_held()
+    if held[0][0] is None:
+        return {s.name: of(s.param) for s in placement.shards()}
+    if len(held) == 1:
+        mesh = mesh or DeviceMesh.from_group(placement.group, placement.devices[0].type)
+        return {s.name: DTensor.from_local(of(s.param), mesh, [Shard(0)]) for s in placement.shards()}
+    return placement.whole(of)
 
 
-def tensor_state(model, optimizer, rank: int, devices) -> dict[str, torch.Tensor]:
-    """Everything this rank saves through DCP."""
-    return {**{f"model.{k}": v for k, v in model.state_dict().items()}, **_optimizer_tensors(model, optimizer),
-            **_rng_state(rank, devices)}
+def _copy_back(placement, loaded: dict[str, torch.Tensor], of) -> None:
+    """After loading into concatenated copies (several columns in one process): each column its half."""
+    held = placement.modules_held()
+    if held[0][0] is None or len(held) == 1:
+        return  # loaded in place
+    with torch.no_grad():
+        for s in placement.shards():
+            of(s.param).copy_(column_of(loaded[s.name], s.column))
+
+
+def _weight(p: torch.nn.Parameter) -> torch.Tensor:
+    return p.detach()  # the same storage: DCP loads into it in place
+
+
+def _momentum(optimizer, create: bool = False) -> Callable[[torch.nn.Parameter], torch.Tensor]:
+    def buffer(p: torch.nn.Parameter) -> torch.Tensor:
+        state = optimizer.state[p]
+        if "momentum_buffer" not in state and create:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state["momentum_buffer"]
+    return buffer
+
+
+def _has_momentum(optimizer) -> bool:
+    return any(optimizer.state[p].get("momentum_buffer") is not None for g in optimizer.param_groups for p in g["params"])
+
+
+def tensor_state(placement, optimizer, rank: int, devices, mesh=None) -> dict[str, torch.Tensor]:
+    """Everything this rank saves through DCP: weights, momentum buffers, its RNG state."""
+    state = {f"model.{k}": v for k, v in _logical(placement, mesh, _weight).items()}
+    if _has_momentum(optimizer):
+        state |= {f"optimizer.{k}.momentum_buffer": v for k, v in _logical(placement, mesh, _momentum(optimizer)).items()}
+    return state | _rng_state(rank, devices)
 
 
 def optimizer_hyperparameters(optimizer) -> dict[str, Any]:
@@ -417,43 +455,35 @@ def check_compatible(path: Path, meta: dict, expected: dict) -> None:
                                   f"{key} = {want!r}; resume it with the same setting or use another [job] name.")
 
 
-def load(path: str | Path, *, model, optimizer, rank: int, devices) -> dict[str, Any]:
+def load(path: str | Path, *, placement, optimizer, rank: int, devices, mesh=None) -> dict[str, Any]:
     """Restore the weights, the momentum buffers and this rank's RNG; returns ``meta.json``."""
     path = Path(path)
     meta = read_meta(path)
     stored = tensor_keys(path)
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for name, p in model.named_parameters():
-        for key in (k for k in stored if k.startswith(f"optimizer.{name}.")):
-            suffix = key.removeprefix(f"optimizer.{name}.")
-            buffer = optimizer.state[p].get(suffix)
-            if buffer is None:
-                buffer = optimizer.state[p][suffix] = torch.empty(tuple(stored[key].size), device=p.device,
-                                                                 dtype=stored[key].properties.dtype)
-            state[key] = buffer
+    weights = _logical(placement, mesh, _weight)
+    state = {f"model.{k}": v for k, v in weights.items()}
+    momentum = {}
+    if any(k.startswith("optimizer.") for k in stored):
+        momentum = _logical(placement, mesh, _momentum(optimizer, create=True))
+        state |= {f"optimizer.{k}.momentum_buffer": v for k, v in momentum.items()}
     rng = {k: torch.empty(tuple(v.size), dtype=torch.uint8) for k, v in stored.items()
            if k.startswith(f"rng.rank{rank}.")}
     _load(path, {**state, **rng})
-    for k, v in optimizer_hyperparameters_from(meta).items():
-        optimizer.param_groups[0][k] = v
+    _copy_back(placement, weights, _weight)
+    if momentum:
+        _copy_back(placement, momentum, _momentum(optimizer))
     _set_rng_state(rng, rank)
     return meta
 
 
-def optimizer_hyperparameters_from(meta: dict) -> dict[str, Any]:
-    """The stored param-group settings that a resumed run takes over (not the lr: the trainer decides)."""
-    return {k: v for k, v in meta["optimizer"].items() if k in ("momentum", "weight_decay", "dampening", "nesterov")}
-
-
 def reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The single-device ``AlexNet`` state dict of a checkpoint, read without a process group."""
-    from ..parallel import split_in_one_process
+    from ..model import AlexNet
 
     path = Path(path)
     meta = read_meta(path)
-    split = split_in_one_process(["cpu", "cpu"], num_classes=meta["num_classes"])
-    state = {f"model.{k}": v for k, v in split.state_dict().items()}
-    _load(path, state)
-    columns = [{k.split(".", 3)[3]: v for k, v in state.items() if k.startswith(f"model.columns.column{c}.")}
-               for c in range(2)]
-    return from_columns(columns), meta
+    with torch.device("meta"):
+        shapes = AlexNet(meta["num_classes"]).state_dict()
+    state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
+    _load(path, {f"model.{k}": v for k, v in state.items()})
+    return state, meta

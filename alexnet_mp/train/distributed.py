@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -132,94 +131,3 @@ def teardown(layout: Layout) -> None:
         dist.destroy_process_group()
     while _listeners:
         _listeners.pop().close()
-
-
-class GradientReducer:
-    """Averages a column's gradients over its data-parallel replicas, overlapped with backward.
-
-    DDP's scheme written out in Python (``[parallelism] grad_sync = "buckets"``; the default
-    is DDP itself): parameters are put in buckets of about ``bucket_mb`` in reverse order —
-    the order backward produces their gradients, fc8 first — and a bucket's all-reduce on
-    the dp group starts (asynchronously) as soon as its last gradient has been accumulated,
-    while backward goes on with the layers below. :meth:`finish` waits for every bucket and
-    writes the averages back into ``.grad``. ``overlap=False`` (``grad_sync = "flat"``): one
-    bucket, reduced in :meth:`finish` after backward.
-    """
-
-    def __init__(self, params, group: dist.ProcessGroup | None, size: int, *, bucket_mb: float = 25.0,
-                 overlap: bool = True) -> None:
-        self.group, self.size = group, size
-        self.params = [p for p in params if p.requires_grad]
-        self.active = group is not None and size > 1
-        self.overlap = overlap
-        self.buckets: list[list[torch.nn.Parameter]] = []
-        if not self.active:
-            return
-        limit = bucket_mb * 2 ** 20 if self.overlap else float("inf")
-        current, nbytes = [], 0
-        for p in reversed(self.params):
-            if current and nbytes + p.numel() * p.element_size() > limit:
-                self.buckets.append(current)
-                current, nbytes = [], 0
-            current.append(p)
-            nbytes += p.numel() * p.element_size()
-        self.buckets.append(current)
-        self._bucket_of = {p: i for i, b in enumerate(self.buckets) for p in b}
-        self._reset()
-        if self.overlap:
-            # The hooks hold the reducer weakly: a parameter -> hook -> reducer -> parameter
-            # cycle outlived the process group at exit and aborted the process (gloo).
-            ref = weakref.ref(self)
-
-            def ready(p: torch.nn.Parameter) -> None:
-                reducer = ref()
-                if reducer is not None:
-                    reducer._ready(p)
-
-            self._hooks = [p.register_post_accumulate_grad_hook(ready) for p in self.params]
-
-    def _reset(self) -> None:
-        self._pending = [len(b) for b in self.buckets]
-        self._works: list = [None] * len(self.buckets)
-        self._flats: list = [None] * len(self.buckets)
-
-    def _launch(self, i: int) -> None:
-        flat = torch.cat([p.grad.reshape(-1) for p in self.buckets[i]])
-        self._flats[i] = flat
-        self._works[i] = dist.all_reduce(flat, group=self.group, async_op=True)
-
-    def _ready(self, p: torch.nn.Parameter) -> None:
-        i = self._bucket_of[p]
-        self._pending[i] -= 1
-        if self._pending[i] == 0:
-            self._launch(i)
-
-    def finish(self) -> int:
-        """Wait for every bucket, average, write back; returns the bytes all-reduced."""
-        if not self.active:
-            return 0
-        total = 0
-        for i, bucket in enumerate(self.buckets):
-            if self._works[i] is None:  # not overlapped, or a bucket whose hooks did not all fire
-                if any(p.grad is None for p in bucket):
-                    raise RuntimeError("GradientReducer.finish: a parameter has no gradient this step "
-                                       f"({sum(p.grad is None for p in bucket)} in bucket {i}); every "
-                                       "parameter of the column must take part in the loss")
-                self._launch(i)
-            self._works[i].wait()
-            flat = self._flats[i].div_(self.size)
-            offset = 0
-            for p in bucket:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-                offset += p.numel()
-            total += flat.numel() * flat.element_size()
-        self._reset()
-        return total
-
-    def remove(self) -> None:
-        """Unregister the gradient hooks (also done when the reducer is garbage-collected)."""
-        for h in getattr(self, "_hooks", []):
-            h.remove()
-        self._hooks = []
-
-    __del__ = remove

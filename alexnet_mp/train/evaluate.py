@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..parallel import gather_from_columns
+from ..parallel.overlap import Overlapped
+
 
 @torch.no_grad()
 def evaluate(model, loader, *, ten_crop: bool, dp_group=None, device=None, on_features=None) -> dict[str, float]:
@@ -24,7 +27,7 @@ def evaluate(model, loader, *, ten_crop: bool, dp_group=None, device=None, on_fe
     captured: list[torch.Tensor] = []
     if on_features is not None:
         fc8 = next(m for name, m in model.named_modules() if name.endswith("fc8"))
-        hook = fc8.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+        hook = fc8.register_forward_pre_hook(lambda m, args: captured.append(_whole_input(m, args[0].detach())))
     try:
         for images, labels in loader:
             if device is not None:
@@ -50,3 +53,10 @@ def evaluate(model, loader, *, ten_crop: bool, dp_group=None, device=None, on_fe
         dist.all_reduce(counts, group=dp_group)
     hits1, hits5, total = counts.tolist()
     return {"top1_error": 1.0 - hits1 / total, "top5_error": 1.0 - hits5 / total, "images": int(total)}
+
+
+def _whole_input(layer, x: torch.Tensor) -> torch.Tensor:
+    """fc8's input from both columns: an overlapped fc8 takes only its own column's half."""
+    if isinstance(layer, Overlapped):
+        return gather_from_columns(x, layer.group)
+    return x

@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..exchange import DIRECTIONS
+from ..layers import COLUMNS
+from ..parallel import DIRECTIONS
 from .figures import column_specificity, kernel_grid
 
 GiB = 1024**3
@@ -170,14 +171,15 @@ class Metrics:
 
     def filters(self, model, step: int) -> None:
         """Figure 3: each column's conv1 kernels and colour specificity."""
-        mine = {c.index: c.conv1.weight.detach().cpu() for c in model.columns.values()}
+        mine = {c: t["conv1.weight"] for c, t in model.own().items()}  # column (None: both) -> weight
         gathered = self._gather(mine)
         if self.writer is None:
             return
-        columns: dict[int, torch.Tensor] = {}
+        held: dict[int | None, torch.Tensor] = {}
         for part in gathered:
-            columns.update(part)
-        weight = torch.cat([columns[c] for c in sorted(columns)])
+            held.update(part)
+        weight = held[None] if None in held else torch.cat([held[c] for c in sorted(held)])
+        columns = dict(enumerate(weight.chunk(COLUMNS)))
         for c, s in enumerate(column_specificity(weight)):
             self.writer.add_scalar(f"filters/colour_specificity/column{c}", s, step)
             self.writer.add_image(f"filters/column{c}", kernel_grid(columns[c]), step)

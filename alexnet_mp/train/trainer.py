@@ -2,8 +2,8 @@
 
 One process per column under torchrun (``D`` data-parallel replicas of the pair on a
 ``("dp", "mp")`` mesh), or both columns in one process. The loop never looks inside the
-model: it builds a :class:`~alexnet_mp.parallel.SplitAlexNet`, feeds it batches and
-reads its :class:`~alexnet_mp.exchange.ExchangeStats`.
+model: it builds a :class:`~alexnet_mp.parallel.Placement`, feeds it batches and
+reads its :class:`~alexnet_mp.parallel.ExchangeStats`.
 
 torch's SGD versus the paper's rule: the paper keeps v <- 0.9 v - 0.0005 lr w - lr g and
 w <- w + v; torch keeps b <- 0.9 b + (g + 0.0005 w) and w <- w - lr b. With a constant lr,
@@ -29,9 +29,10 @@ from .. import layers as L
 from ..config import Config
 from ..data import build_eval_loader, build_train_loader, dataset_info, make_dataset
 from ..errors import ConfigError, UserError
-from ..parallel import SplitAlexNet, split_across_processes, split_in_one_process
+from ..model import AlexNet
+from ..parallel import Placement, place_column, place_columns, place_on_device
 from . import checkpoint as ckpt
-from .distributed import GradientReducer, Layout, setup, teardown
+from .distributed import Layout, setup, teardown
 from .evaluate import evaluate
 from .lock import RunLock
 from .metrics import Metrics
@@ -120,36 +121,25 @@ def _ensure_data(cfg: Config, layout: Layout) -> None:
             dist.barrier()
 
 
-def build_model(cfg: Config, layout: Layout, num_classes: int) -> SplitAlexNet:
-    kwargs = dict(num_classes=num_classes, dropout=cfg.model.dropout, lrn_alpha=cfg.model.lrn_alpha,
-                  lrn_impl=cfg.model.lrn_impl, init=cfg.model.init)
-    # The same seed on every rank: the weights are those of one AlexNet, whichever the placement.
+def build_model(cfg: Config, layout: Layout, num_classes: int) -> Placement:
+    """The whole network from the run's seed (the same on every rank), placed as the layout says."""
     torch.manual_seed(cfg.job.seed)
-    from ..model import AlexNet
-
-    reference = AlexNet(**kwargs).state_dict()
-    one = cfg.parallelism.one_process
+    m = cfg.model
+    net = AlexNet(num_classes, dropout=m.dropout, lrn_alpha=m.lrn_alpha, lrn_impl=m.lrn_impl, init=m.init)
+    p = cfg.parallelism
     if layout.distributed:
-        if one == "fused":
-            raise ConfigError(f"[parallelism] one_process = \"fused\" applies when one process holds both columns; "
-                              f"this run has one column per process ({layout.world_size} processes). Leave it "
-                              "\"auto\" or run a single process.")
-        model = split_across_processes(layout.mp_group, device=layout.devices[0],
-                                       overlap=cfg.parallelism.overlap, **kwargs)
-    elif cfg.parallelism.overlap:
+        return place_column(net, layout.mp_group, layout.devices[0], overlap=p.overlap)
+    if p.overlap:
         raise ConfigError("[parallelism] overlap = true needs one column per process (torchrun "
                           f"--nproc_per_node={L.COLUMNS} or 2 x D); this run holds both columns in one process, "
                           "where an exchange is a device copy with nothing to overlap. Set overlap = false.")
-    else:
-        devices = layout.devices  # one per column
-        one_device = len(set(devices)) == 1
-        if one == "fused" and not one_device:
-            raise ConfigError(f"[parallelism] one_process = \"fused\" needs both columns on one device; this "
-                              f"process holds them on {', '.join(map(str, devices))}. Use \"columns\" (or \"auto\").")
-        fused = one == "fused" or (one == "auto" and one_device and devices[0].type == "cuda")
-        model = split_in_one_process(layout.devices, fused=fused, **kwargs)
-    model.load_reference_state(reference)
-    return model
+    one_device = len(set(layout.devices)) == 1
+    if p.one_process == "whole" and not one_device:
+        raise ConfigError(f"[parallelism] one_process = \"whole\" needs both columns on one device; this process "
+                          f"holds them on {', '.join(map(str, layout.devices))}. Use \"columns\" (or \"auto\").")
+    if p.one_process == "columns" or not one_device:
+        return place_columns(net, layout.devices)
+    return place_on_device(net, layout.devices[0])
 
 
 def _agree_max(values: list[float], layout: Layout) -> list[float]:
@@ -203,19 +193,14 @@ class Trainer:
         t = cfg.training
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.reducer = None
         step_module: torch.nn.Module = self.model
-        p = cfg.parallelism
-        if self.layout.dp_size > 1 and p.grad_sync == "ddp":
+        if self.layout.dp_size > 1:  # each column's gradients averaged over its replicas, during backward
             from torch.nn.parallel import DistributedDataParallel
 
             dev = self.layout.devices[0]
             step_module = DistributedDataParallel(self.model, process_group=self.layout.dp_group,
                                                   device_ids=[dev.index] if dev.type == "cuda" else None,
-                                                  bucket_cap_mb=p.bucket_mb, broadcast_buffers=False)
-        else:
-            self.reducer = GradientReducer(self.model.parameters(), self.layout.dp_group, self.layout.dp_size,
-                                           bucket_mb=p.bucket_mb, overlap=p.grad_sync == "buckets")
+                                                  bucket_cap_mb=cfg.parallelism.bucket_mb, broadcast_buffers=False)
         self._dp_bytes = (sum(q.numel() * q.element_size() for q in self.model.parameters())
                           if self.layout.dp_size > 1 else 0)
         self.forward = torch.compile(step_module) if t.compile else step_module
@@ -252,7 +237,7 @@ class Trainer:
         t = time.perf_counter()
         finite = ckpt.weights_finite(self.model, self.layout.distributed)
         path = ckpt.save(self.run_dir, tensors=ckpt.tensor_state(self.model, self.optimizer, self.layout.rank,
-                                                                   self.layout.devices),
+                                                                   self.layout.devices, self._mp_mesh()),
                          meta=self._meta(None if finite else False), rank=self.layout.rank,
                          distributed=self.layout.distributed, keep_latest=self.cfg.checkpoint.keep_latest)
         self._saved_at = step
@@ -277,8 +262,8 @@ class Trainer:
         meta = ckpt.read_meta(path)
         ckpt.check_compatible(path, meta, {"num_classes": self.num_classes,
                                            "batch_size": self.cfg.training.batch_size, "seed": self.cfg.job.seed})
-        ckpt.load(path, model=self.model, optimizer=self.optimizer, rank=self.layout.rank,
-                  devices=self.layout.devices)
+        ckpt.load(path, placement=self.model, optimizer=self.optimizer, rank=self.layout.rank,
+                  devices=self.layout.devices, mesh=self._mp_mesh())
         self.position.load_state_dict(meta)
         self.schedule.load_state_dict(meta["schedule"])
         self._set_lr(self.schedule.lr)
@@ -290,6 +275,9 @@ class Trainer:
         for line in _changed_hyperparameters(meta, self.cfg, self.schedule):
             self.metrics.note(line)
         return p.global_step
+
+    def _mp_mesh(self):
+        return self.layout.mesh["mp"] if self.layout.mesh is not None else None
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -373,8 +361,6 @@ class Trainer:
             return math.nan, None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.reducer is not None:
-            self.reducer.finish()
         self.optimizer.step()
         self._last_loss = value
         return worst, logits.detach()
