@@ -9,7 +9,7 @@ One run, side by side, batch 128, bf16 autocast + channels_last, synthetic data:
    (a step whose kernels add up to much less than its wall time is launch-bound);
 2. images/s of each net: eager; ``torch.compile``; ``torch.compile(mode="reduce-overhead")``
    (CUDA graphs of forward and backward); and the whole step — forward, backward and the SGD
-   update — captured once as one CUDA graph and replayed (:mod:`alexnet_mp.train.graphs`);
+   update — captured once as one CUDA graph and replayed (benchmarks/graphs.py);
 3. conv2/conv4/conv5 alone, forward + backward: one grouped convolution (``groups=2``)
    against two dense convolutions on each column's half.
 
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from alexnet_mp import AlexNet  # noqa: E402
-from alexnet_mp.train.graphs import GraphedStep  # noqa: E402
+from graphs import GraphedStep  # noqa: E402  (benchmarks/graphs.py)
 
 BATCH = 128
 

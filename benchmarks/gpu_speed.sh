@@ -25,6 +25,6 @@ timeout 150 python3 benchmarks/step.py --device cuda --batch-size 128 --steps 30
   --modes "${MODES:-bf16,graph}" --variants "${VARIANTS:-alexnet-fast-lrn,alexnet-eager-lrn}" \
   --json "$OUT/step_cuda.json" 2>&1 | tee "$OUT/step.txt"
 timeout 60 python3 -c "
-import sys; sys.path[:0] = ['tests', 'tests/train']
+import sys; sys.path[:0] = ['tests', 'tests/benchmarks', 'benchmarks']
 from test_graphs import graphed_vs_eager
 print('graphed vs eager', graphed_vs_eager())" 2>&1 | tee "$OUT/graph_check.txt"

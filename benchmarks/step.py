@@ -77,7 +77,7 @@ def measure(name, device, batch, steps, warmup, *, bf16=False, channels_last=Fal
         opt.step()
 
     if graph:
-        from alexnet_mp.train.graphs import GraphedStep
+        from graphs import GraphedStep  # benchmarks/graphs.py
 
         graphed = GraphedStep(model, opt, F.cross_entropy, x, y, bf16=bf16)
 

@@ -1,8 +1,8 @@
 """The column LRN as two fused Triton kernels (forward, backward), for CUDA tensors.
 
-The eager formulation in :mod:`alexnet_mp.lrn` makes about a dozen passes over the
-activation each way; on a GPU those passes, not the arithmetic, are the cost (a profile of
-the bf16 step on an H200 put ~4 ms of an 11 ms step in them, docs/benchmarks.md). Here each
+The eager formulation in :mod:`alexnet_mp.model.lrn` makes about a dozen passes over the
+activation each way; on a GPU those passes, not the arithmetic, are the cost (the profile is
+in docs/benchmarks.md). Here each
 direction is one pass: a tile of pixels x all channels is loaded once, the ``size``
 neighbours of each map come from the same tile (cache), and the result is written once.
 
@@ -104,9 +104,8 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
 
 
 # Launch configurations tried on first use for each shape: (elements per tile, warps). A
-# tile is BLOCK_P pixels x all channels (rounded up to a power of two). A fixed 4096 x 4
-# warps made the backward 7.1 ms per call at conv1's shape on an H200, 11x the tuned 0.62 ms
-# (most likely register spills; that version also divided once more per neighbour).
+# tile is BLOCK_P pixels x all channels (rounded up to a power of two). One fixed large tile
+# was an order of magnitude slower in backward than the tuned choice (docs/benchmarks.md).
 CANDIDATES = ((512, 4), (1024, 4), (2048, 4), (2048, 8), (4096, 8))
 DEFAULT = (1024, 4)
 _best: dict[tuple, tuple[int, int]] = {}

@@ -69,9 +69,8 @@ orders of magnitude below it, a diverging one passes it within a step or two (me
 docs/training.md, Failure and recovery)."""
 
 META_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "format": str, "num_classes": int, "world_size": int, "batch_size": int, "seed": int, "epoch": int,
-    "step_in_epoch": int, "global_step": int, "samples_seen": int, "lr": float, "base_lr": float,
-    "optimizer": dict, "schedule": dict, "healthy": (bool, type(None)), "loss": (float, type(None)),
+    "format": str, "num_classes": int, "world_size": int, "batch_size": int, "seed": int, "global_step": int,
+    "lr": float, "optimizer": dict, "states": dict, "healthy": (bool, type(None)), "loss": (float, type(None)),
     "config": dict,
 }
 """What ``meta.json`` must hold, with the JSON type of each value."""
@@ -225,26 +224,12 @@ def _load(path: Path, state: dict[str, torch.Tensor]) -> None:
     try:
         dcp.load(state, storage_reader=SafeReader(str(path)), planner=_TensorsOnly(),
                  no_dist=not dist.is_initialized())
-    except CheckpointError:
-        raise
     except BaseException as err:  # CheckpointException derives from BaseException
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
-        inner = _user_error_inside(err)
-        if inner is not None:
-            raise inner from None
         raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
                               "It may be truncated or from a different model or world layout; nothing was "
                               "overwritten. Remove it to fall back to an earlier checkpoint.") from None
-
-
-def _user_error_inside(err: BaseException) -> CheckpointError | None:
-    """DCP wraps a rank's exception (ours included) in a CheckpointException; find ours."""
-    for value in getattr(err, "failures", {}).values():
-        exc = value[0] if isinstance(value, tuple) else value
-        if isinstance(exc, CheckpointError):
-            return exc
-    return None
 
 
 def tensor_keys(path: str | Path) -> dict[str, dcp_metadata.TensorStorageMetadata]:
@@ -487,3 +472,65 @@ def reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
     _load(path, {f"model.{k}": v for k, v in state.items()})
     return state, meta
+
+
+class Checkpointer:
+    """A run's checkpoints: the placement's weights, the momentum buffers and each rank's RNG
+    through DCP; the JSON ``states`` (each with ``state_dict``/``load_state_dict``, DCP's
+    Stateful protocol) and the run's facts in ``meta.json``; and each checkpoint's health."""
+
+    def __init__(self, run_dir: Path, *, placement, optimizer, states: dict, layout, facts: dict,
+                 keep_latest: int) -> None:
+        self.run_dir, self.placement, self.optimizer, self.states = run_dir, placement, optimizer, states
+        self.layout, self.facts, self.keep_latest = layout, facts, keep_latest
+        self.mesh = layout.mesh["mp"] if layout.mesh is not None else None
+        self.saved_at: int | None = None
+        self._unjudged: Path | None = None  # the last checkpoint, until a loss has been computed with it
+
+    def save(self, step: int) -> tuple[Path, bool] | None:
+        """Save as ``step-<step>`` unless this step is saved already; (folder, weights finite)."""
+        if self.saved_at == step:
+            return None
+        lay = self.layout
+        finite = weights_finite(self.placement, lay.distributed)
+        meta = {**self.facts, "global_step": step, "lr": self.optimizer.param_groups[0]["lr"],
+                "optimizer": optimizer_hyperparameters(self.optimizer),
+                "states": {name: state.state_dict() for name, state in self.states.items()},
+                "healthy": None if finite else False, "loss": None}
+        path = save(self.run_dir, tensors=tensor_state(self.placement, self.optimizer, lay.rank, lay.devices, self.mesh),
+                    meta=meta, rank=lay.rank, distributed=lay.distributed, keep_latest=self.keep_latest)
+        self.saved_at, self._unjudged = step, (path if finite else None)
+        return path, finite
+
+    def judge(self, loss: float) -> None:
+        """The first loss computed with the last saved weights says whether they are healthy."""
+        if self._unjudged is not None and self.layout.is_main:
+            mark_health(self._unjudged, loss_is_healthy(loss, self.facts["num_classes"]), loss)
+        self._unjudged = None
+
+    def resume(self) -> tuple[Path, dict] | None:
+        """Load the latest checkpoint into the placement, the optimizer and the states."""
+        path = latest(self.run_dir)
+        if path is None:
+            return None
+        meta = read_meta(path)
+        check_compatible(path, meta, {k: self.facts[k] for k in ("num_classes", "batch_size", "seed")})
+        lay = self.layout
+        load(path, placement=self.placement, optimizer=self.optimizer, rank=lay.rank, devices=lay.devices,
+             mesh=self.mesh)
+        try:
+            for name, state in self.states.items():
+                state.load_state_dict(meta["states"][name])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path / META} is damaged: its states lack {err}; use an earlier checkpoint.") from None
+        self.saved_at = meta["global_step"]
+        self._unjudged = path if meta["healthy"] is None else None
+        return path, meta
+
+    def set_aside_after_divergence(self) -> tuple[Path | None, int]:
+        """After a NaN: the checkpoints newer than the newest healthy one are renamed (rank 0);
+        returns the checkpoint the next run resumes from and how many were set aside."""
+        moved = set_aside_unhealthy(self.run_dir)[1] if self.layout.is_main else []
+        if self.layout.distributed:
+            dist.barrier()
+        return latest_healthy(self.run_dir), len(moved)

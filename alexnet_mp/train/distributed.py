@@ -5,8 +5,9 @@ replicas of the two-column model on a ``("dp", "mp")`` device mesh. A single pro
 (plain ``python`` or ``torchrun`` with one process) holds both columns.
 
 After ``torchrun --max-restarts`` restarts the workers, a plain ``init_process_group``
-against the agent's store failed or hung here (DESIGN.md section 7); a store prefixed per
-attempt (``TORCHELASTIC_RESTART_COUNT``) works, so every attempt rendezvouses afresh.
+against the agent's store failed or hung in ``--standalone`` mode (docs/training.md); a
+store prefixed per attempt (``TORCHELASTIC_RESTART_COUNT``) works, so every attempt
+rendezvouses afresh.
 """
 
 from __future__ import annotations

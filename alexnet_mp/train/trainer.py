@@ -212,10 +212,13 @@ class Trainer:
                                          weight_decay=o.weight_decay, fused=True)
         self.schedule = _schedule(cfg)
         self.position = Position()
+        self.checkpoints = ckpt.Checkpointer(
+            self.run_dir, placement=self.model, optimizer=self.optimizer, layout=self.layout,
+            states={"position": self.position, "schedule": self.schedule}, keep_latest=cfg.checkpoint.keep_latest,
+            facts={"num_classes": num_classes, "world_size": self.layout.world_size,
+                   "batch_size": cfg.training.batch_size, "seed": cfg.job.seed, "config": cfg.to_dict()})
         self.losses: list[float] = []  # this process's training loss per step, for tests and summaries
         self._last_loss = math.nan
-        self._saved_at = -1
-        self._unjudged: Path | None = None  # the last checkpoint, until a loss has been computed with it
         # dropout differs between columns (each drops its own units) and replicas
         torch.manual_seed(cfg.job.seed * 1000 + 1 + self.layout.rank)
         self.stop = _Stop()
@@ -223,61 +226,31 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------
 
-    def _meta(self, healthy: bool | None) -> dict:
-        return {"num_classes": self.num_classes, "world_size": self.layout.world_size,
-                "batch_size": self.cfg.training.batch_size, "seed": self.cfg.job.seed, **self.position.state_dict(),
-                "lr": self.optimizer.param_groups[0]["lr"], "base_lr": self.schedule.base_lr,
-                "optimizer": ckpt.optimizer_hyperparameters(self.optimizer), "schedule": self.schedule.state_dict(),
-                "healthy": healthy, "loss": None, "config": self.cfg.to_dict()}
-
     def save(self, reason: str) -> Path | None:
-        step = self.position.global_step
-        if not self.cfg.checkpoint.enable or self._saved_at == step:
+        if not self.cfg.checkpoint.enable:
             return None
         t = time.perf_counter()
-        finite = ckpt.weights_finite(self.model, self.layout.distributed)
-        path = ckpt.save(self.run_dir, tensors=ckpt.tensor_state(self.model, self.optimizer, self.layout.rank,
-                                                                   self.layout.devices, self._mp_mesh()),
-                         meta=self._meta(None if finite else False), rank=self.layout.rank,
-                         distributed=self.layout.distributed, keep_latest=self.cfg.checkpoint.keep_latest)
-        self._saved_at = step
-        self._unjudged = path if finite else None
+        saved = self.checkpoints.save(self.position.global_step)
+        if saved is None:
+            return None  # this step is saved already
+        path, finite = saved
         mark = "" if finite else ", marked unhealthy: a weight is not finite"
         self.metrics.note(f"saved checkpoint {path} ({reason}{mark}, {time.perf_counter() - t:.1f}s)")
         return path
 
-    def _judge_saved(self, loss: float) -> None:
-        """The first loss computed with the last saved weights says whether they are healthy."""
-        if self._unjudged is not None and self.layout.is_main:
-            ckpt.mark_health(self._unjudged, ckpt.loss_is_healthy(loss, self.num_classes), loss)
-        self._unjudged = None
-
     def resume(self) -> int:
         """Continue from the latest checkpoint, if any; returns the step resumed at (0: a fresh run)."""
-        if not self.cfg.checkpoint.enable:
+        found = self.checkpoints.resume() if self.cfg.checkpoint.enable else None
+        if found is None:
             return 0
-        path = ckpt.latest(self.run_dir)
-        if path is None:
-            return 0
-        meta = ckpt.read_meta(path)
-        ckpt.check_compatible(path, meta, {"num_classes": self.num_classes,
-                                           "batch_size": self.cfg.training.batch_size, "seed": self.cfg.job.seed})
-        ckpt.load(path, placement=self.model, optimizer=self.optimizer, rank=self.layout.rank,
-                  devices=self.layout.devices, mesh=self._mp_mesh())
-        self.position.load_state_dict(meta)
-        self.schedule.load_state_dict(meta["schedule"])
-        self._set_lr(self.schedule.lr)
-        self._saved_at = self.position.global_step
-        self._unjudged = path if meta["healthy"] is None else None
+        path, meta = found
+        self._set_lr(self.schedule.lr)  # the config's base lr after the schedule's reductions
         p = self.position
         self.metrics.note(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step_in_epoch} of the epoch, "
                           f"global step {p.global_step}")
         for line in _changed_hyperparameters(meta, self.cfg, self.schedule):
             self.metrics.note(line)
         return p.global_step
-
-    def _mp_mesh(self):
-        return self.layout.mesh["mp"] if self.layout.mesh is not None else None
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -291,11 +264,8 @@ class Trainer:
             return TrainingError(f"the loss is not finite at {where}; training stopped before updating the "
                                  "weights. Checkpoints are off, so a rerun starts over: lower [optimizer] lr or "
                                  "check the data.")
-        keep, moved = ckpt.set_aside_unhealthy(self.run_dir) if self.layout.is_main else (None, [])
-        if self.layout.distributed:
-            dist.barrier()
-        keep = ckpt.latest_healthy(self.run_dir)
-        aside = (f" The {len(moved)} checkpoint(s) saved after it while the loss was diverging were renamed "
+        keep, moved = self.checkpoints.set_aside_after_divergence()
+        aside = (f" The {moved} checkpoint(s) saved after it while the loss was diverging were renamed "
                  f"to *{ckpt.DIVERGED}." if moved else "")
         start = (f"the same command resumes from the last healthy checkpoint, {keep}." if keep else
                  "no healthy checkpoint exists, so the same command starts over.")
@@ -381,7 +351,7 @@ class Trainer:
             t_step = time.perf_counter()
             self.model.stats.reset()
             worst, logits = self.train_step(images, labels)
-            self._judge_saved(worst)
+            self.checkpoints.judge(worst)
             if logits is None:
                 raise self._diverged(steps)
             self.losses.append(self._last_loss)
@@ -447,8 +417,9 @@ class Trainer:
 def _changed_hyperparameters(meta: dict, cfg: Config, schedule: PlateauSchedule) -> list[str]:
     """What the config changes on resume: the config wins, and the run says so."""
     lines = []
-    if meta["base_lr"] != cfg.optimizer.lr:
-        lines.append(f"[optimizer] lr = {cfg.optimizer.lr:g} in the config, {meta['base_lr']:g} in the checkpoint: "
+    stored_lr = meta["config"].get("optimizer", {}).get("lr")
+    if stored_lr is not None and stored_lr != cfg.optimizer.lr:
+        lines.append(f"[optimizer] lr = {cfg.optimizer.lr:g} in the config, {stored_lr:g} in the checkpoint: "
                      f"the config wins; after {schedule.reductions} reduction(s) the lr is now {schedule.lr:g}")
     for key in ("momentum", "weight_decay"):
         stored, now = meta["optimizer"].get(key), getattr(cfg.optimizer, key)

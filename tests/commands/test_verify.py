@@ -15,6 +15,8 @@ from alexnet_mp.commands import verify as V
 from alexnet_mp.model import AlexNet
 from alexnet_mp.parallel import LocalColumns, placements
 
+pytestmark = pytest.mark.slow  # nearly every test here runs the proof
+
 CLASSES = 10
 
 

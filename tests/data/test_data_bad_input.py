@@ -213,6 +213,7 @@ def test_corrupt_scan_data_fails_by_name_when_asked(corrupt_root, tmp_path):
 
 
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])
+@pytest.mark.slow
 def test_eval_command_skips_a_corrupt_file(corrupt_root, tmp_path, monkeypatch, loader):
     """``alexnet-mp eval`` on a folder with a damaged JPEG: the other 14 images, no traceback."""
     from alexnet_mp.model import AlexNet
@@ -258,6 +259,7 @@ def test_a_file_broken_after_the_scan_is_named_not_a_torchvision_traceback(tiny_
 
 
 @pytest.mark.parametrize("loader", ["dali", "torchvision"])
+@pytest.mark.slow
 def test_a_file_shrunk_after_the_scan_is_named(tiny_root, tmp_path, loader):
     """Replaced in place by a smaller valid image: the crop planned from the scanned size no longer fits."""
     root = tmp_path / "ds"

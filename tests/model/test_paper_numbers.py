@@ -260,6 +260,7 @@ def test_dropout_is_off_in_eval_and_on_in_train():
         assert not torch.equal(model(x), ref)
 
 
+@pytest.mark.slow
 def test_split_dropout_is_off_in_eval_and_on_in_train():
     """float64: the columns sum in a different order from the single-device net."""
     torch.manual_seed(0)

@@ -70,6 +70,7 @@ def assert_float64_equal(a: dict, b: dict) -> None:
         assert rel(a[name], want) <= V.FLOAT64_TOLERANCE, name
 
 
+@pytest.mark.slow
 def test_one_process_split_equals_reference_in_float64_and_trains_the_same():
     ref = reference64()
     initial = {n: p.detach().clone() for n, p in ref.named_parameters()}
@@ -90,6 +91,7 @@ def test_one_process_split_equals_reference_in_float64_and_trains_the_same():
     assert all(rel(weights[n], w) > 1e-6 for n, w in initial.items() if n.endswith("weight"))  # they did move
 
 
+@pytest.mark.slow
 def test_one_process_split_in_fp32_is_within_fp32_rounding_of_float64():
     ref = reference64()
     x, y = batch(4, seed=100)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -38,6 +39,7 @@ def _worker(rank, world):
     return t.item(), listening_sockets()
 
 
+@pytest.mark.multiprocess
 def test_workers_listen_on_loopback_only():
     results = run_workers(_worker, 2)
     assert [total for total, _ in results] == [2.0, 2.0]

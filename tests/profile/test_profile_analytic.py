@@ -24,7 +24,7 @@ def test_paper_transfers_are_the_layer_tables_exchanges_both_ways():
         (n, d): f * 128 * 4 for n, f in floats.items() for d in ("forward", "backward")}
     assert {(t.name, t.op) for t in transfers} == {
         (n, op) for n in floats for op in ("all-gather", "reduce-scatter")}
-    # DESIGN.md section 3: ~31.6 MB per column per step at batch 128, fp32
+    # docs/paper.md, communication: ~31.6 MB per column per step at batch 128, fp32
     assert sum(t.payload for t in transfers) == 31_576_064
 
 

@@ -28,6 +28,8 @@ from alexnet_mp.train.trainer import TrainingError
 
 from train_fixtures import ROOT, config, dataset, overrides, run_trainer, torchrun  # noqa: F401
 
+pytestmark = pytest.mark.slow  # nearly every test here trains the network
+
 EXACT = {"training.epochs": 2, "training.max_steps": 17, "checkpoint.interval": 3, "model.dropout": 0.5,
          "optimizer.lr": 0.001}
 """Dropout on, so a resumed run is exact only if the RNG is restored from before the stop."""
@@ -384,7 +386,7 @@ def test_checkpoints_are_written_with_tensors_only(trained):
     assert any(k.startswith("optimizer.") and k.endswith(".momentum_buffer") for k in keys)
     assert "rng.rank0.cpu" in keys
     meta = ckpt.read_meta(latest)
-    assert meta["optimizer"]["momentum"] == 0.9 and meta["schedule"]["reductions"] == 0
+    assert meta["optimizer"]["momentum"] == 0.9 and meta["states"]["schedule"]["reductions"] == 0
 
 
 # --- many machines ----------------------------------------------------------------------
@@ -414,4 +416,4 @@ def test_the_hybrid_trainer_runs_as_two_torchrun_nodes(dataset, tmp_path):
     log = "".join(logs)
     assert "world 4 = 2 data-parallel x 2 columns" in log and "finished at step 4" in log
     meta = ckpt.read_meta(ckpt.latest(tmp_path / "runs" / "tr"))
-    assert meta["world_size"] == 4 and meta["samples_seen"] == 4 * 4 * 2
+    assert meta["world_size"] == 4 and meta["states"]["position"]["samples_seen"] == 4 * 4 * 2

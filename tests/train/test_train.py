@@ -107,6 +107,7 @@ def test_twenty_split_steps_give_the_single_device_losses(dataset, tmp_path):
     within_fp32_noise(split[0], single_device_losses(cfg, 20)[0], single_device_losses(cfg, 20, dtype=torch.float64)[0])
 
 
+@pytest.mark.slow
 def test_the_whole_network_trains_like_one_device_and_resumes_a_checkpoint_of_the_columns(dataset, tmp_path):
     """One process: the whole network (as itself) gives AlexNet's losses; and since checkpoints
     hold the whole network's tensors whatever the placement, a run made column by column
@@ -132,6 +133,7 @@ def test_the_whole_network_trains_like_one_device_and_resumes_a_checkpoint_of_th
 
 # --- checkpoints and resume ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
     base = {"training.epochs": 2, "checkpoint.interval": 3, "model.dropout": 0.5,  # dropout on: RNG is restored too
             "optimizer.lr": 0.001}
@@ -147,6 +149,7 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(dataset, tmp_path):
         assert torch.equal(uninterrupted[k], resumed[k]), k
 
 
+@pytest.mark.slow
 def test_nan_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
     from alexnet_mp.train import checkpoint as ckpt
     from alexnet_mp.train.trainer import TrainingError
@@ -162,6 +165,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
     assert (ckpt.checkpoint_dir(run) / "step-0000004.diverged").is_dir()
 
 
+@pytest.mark.slow
 def test_truncated_and_foreign_checkpoints_are_refused_untouched(dataset, tmp_path):
     from alexnet_mp.train import checkpoint as ckpt
 
@@ -186,6 +190,7 @@ def test_truncated_and_foreign_checkpoints_are_refused_untouched(dataset, tmp_pa
         run_trainer(config(dataset, tmp_path, **{"training.max_steps": 4}))
 
 
+@pytest.mark.slow
 def test_a_crash_mid_save_leaves_the_last_checkpoint(dataset, tmp_path):
     from alexnet_mp.train import checkpoint as ckpt
 
@@ -234,6 +239,7 @@ def test_torchrun_restart_after_sigkill_completes_and_tensorboard_has_every_tag(
     assert list((tmp_path / "runs" / "tr" / "tb").rglob("sprite.png"))
 
 
+@pytest.mark.slow
 def test_export_filters_and_eval_commands(dataset, tmp_path):
     from click.testing import CliRunner
 
@@ -283,6 +289,7 @@ def test_sigterm_saves_and_exits_cleanly(dataset, tmp_path):
     assert step >= 2
 
 
+@pytest.mark.slow
 def test_generate_if_missing_makes_the_dataset_first(tmp_path, monkeypatch):
     import functools
 

@@ -3,7 +3,8 @@
 At batch 128 an AlexNet step on a modern GPU is a few milliseconds of a few hundred
 kernels, with gaps between them while Python launches the next. Capturing the step once
 and replaying it removes the launches and the gaps (the pattern of the PyTorch CUDA-graphs
-"whole network capture" recipe): +8.7% for the faithful net on an H100, docs/benchmarks.md. What the capture needs, and this class takes care of:
+"whole network capture" recipe; the gain measured is in docs/benchmarks.md). What the capture
+needs, and this class takes care of:
 
 * warm-up steps on a side stream before capture (cuDNN autotuning, lazy allocations); they
   would change the weights and optimizer state, so both are saved first and put back after
@@ -39,8 +40,7 @@ class GraphedStep:
         if not torch.cuda.is_available() or example_input.device.type != "cuda":
             raise RuntimeError(
                 "GraphedStep captures a CUDA graph and needs the model and the batch on a CUDA device "
-                f"(the example input is on {example_input.device}); on the CPU run the step eagerly "
-                "(set [training] cuda_graph = false).")
+                f"(the example input is on {example_input.device}); on the CPU run the step eagerly.")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.bf16 = bf16
         self.x = example_input.detach().clone(memory_format=torch.preserve_format)

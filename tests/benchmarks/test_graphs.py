@@ -4,8 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sys
+from pathlib import Path
+
 from alexnet_mp import AlexNet
-from alexnet_mp.train.graphs import GraphedStep
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from graphs import GraphedStep  # noqa: E402  (benchmarks/graphs.py: the step benchmark's CUDA graph)
 
 
 def test_graphed_step_refuses_cpu_with_a_clear_error():
