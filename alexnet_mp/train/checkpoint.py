@@ -361,15 +361,28 @@ def save(run_dir: str | Path, *, tensors: dict[str, torch.Tensor], meta: dict[st
             raise
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        cause = _root_cause(err)
+        first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
         previous = latest(run_dir)
         raise CheckpointError(
-            f"could not write the checkpoint {final} ({type(err).__name__}: {first}). "
+            f"could not write the checkpoint {final} ({type(cause).__name__}: {first}). "
             + (f"The previous checkpoint {previous} is untouched. " if previous else "")
             + f"Free space or make {root} writable (or set [job] dump_folder elsewhere), then run the same "
             "command to resume.") from None
     _barrier(distributed)
     return final
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The error a rank actually met: DCP wraps each rank's failure in a CheckpointException whose
+    text is a traceback, where the user needs "No space left on device"."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        wrapped = next(iter(failures.values()))
+        inner = wrapped[0] if isinstance(wrapped, tuple) and wrapped else wrapped
+        if isinstance(inner, BaseException):
+            return _root_cause(inner)
+    return err
 
 
 def _write_json(path: Path, obj: dict) -> None:
