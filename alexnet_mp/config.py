@@ -171,6 +171,11 @@ class LRSchedulerConfig(Section):
     """Divide the lr by 10 when the validation error stops improving, at most three times."""
 
     SECTION: ClassVar[str] = "lr_scheduler"
+    kind: Literal["plateau", "epochs"] = "plateau"
+    """``"plateau"``: reduce when the validation error stops improving (the paper's rule);
+    ``"epochs"``: reduce after each epoch listed in ``at_epochs`` (the paper reduced by hand)."""
+    at_epochs: list[int] = field(default_factory=list)
+    """With ``kind = "epochs"``: the epochs (1-based) after which the lr is multiplied by ``factor``."""
     factor: float = 0.1
     """Multiplier applied at each reduction (the paper: divide by 10)."""
     patience: int = 1
@@ -185,6 +190,10 @@ class LRSchedulerConfig(Section):
         self.require("patience", self.patience >= 0, "a whole number >= 0")
         self.require("max_reductions", self.max_reductions >= 0, "a whole number >= 0")
         self.require("threshold", self.threshold >= 0, "a number >= 0")
+        self.require("at_epochs", all(isinstance(e, int) and e >= 1 for e in self.at_epochs),
+                     "a list of whole numbers >= 1 (epochs after which the lr is reduced)")
+        self.require("at_epochs", self.kind != "epochs" or bool(self.at_epochs),
+                     'at least one epoch when kind = "epochs"')
 
 
 @dataclass(kw_only=True, slots=True)
@@ -280,10 +289,14 @@ class ValidationConfig(Section):
     """Validation images per batch."""
     ten_crop: Literal["every", "end", "never"] = "every"
     """The ten-patch error (4 corners + centre, and reflections): at ``every`` evaluation, at the ``end``, or ``never``."""
+    ten_crop_images: int = 0
+    """The ten patches of this many validation images, evenly spaced over the classes (0: all); ten
+    forward passes per image make it the costliest pass on a CPU."""
 
     def check(self) -> None:
         self.require("freq_epochs", self.freq_epochs >= 1, "a whole number >= 1")
         self.require("batch_size", self.batch_size >= 1, "a whole number >= 1")
+        self.require("ten_crop_images", self.ten_crop_images >= 0, "a whole number >= 0 (0: every image)")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -15,13 +15,15 @@ from ..errors import DataError
 @click.option("--train-per-class", default=300, show_default=True, help="Training images per class.")
 @click.option("--val-per-class", default=50, show_default=True, help="Validation images per class.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Processes rendering images; 0: one per CPU. The files do not depend on it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def make_dataset_command(directory, classes, train_per_class, val_per_class, seed, quiet):
+def make_dataset_command(directory, classes, train_per_class, val_per_class, seed, workers, quiet):
     """Write a generated ImageNet-style dataset of JPEGs: DIR/train/<class>/*.jpg, DIR/val/<class>/*.jpg."""
     from .synthetic import make_dataset
 
     make_dataset(directory, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
-                 seed=seed, progress=not quiet)
+                 seed=seed, progress=not quiet, workers=workers)
     click.echo(f"wrote {classes} classes x ({train_per_class} train + {val_per_class} val) images to {directory}")
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ..config import Section
+from .synthetic import MAX_CLASSES
 
 STATS_FILE_NAME = "color_stats.json"
 
@@ -45,12 +46,22 @@ class DataConfig(Section):
     """Where the validated file index is cached; empty means ``~/.cache/alexnet-mp``."""
     generate_if_missing: bool = False
     """Training only: write the generated dataset (``alexnet-mp make-dataset``) at ``path`` if it has no train/."""
+    generate_classes: int = 10
+    """With ``generate_if_missing``: classes of the generated dataset (``make-dataset --classes``)."""
+    generate_train_per_class: int = 300
+    """With ``generate_if_missing``: training images per class (``--train-per-class``)."""
+    generate_val_per_class: int = 50
+    """With ``generate_if_missing``: validation images per class (``--val-per-class``)."""
 
     def check(self) -> None:
         self.require("path", bool(self.path), "a non-empty folder name (the dataset root)")
         self.require("threads", self.threads >= 0, "a whole number >= 0")
         self.require("prefetch", self.prefetch >= 1, "a whole number >= 1")
         self.require("pca_std", self.pca_std >= 0, "a number >= 0 (the paper: 0.1)")
+        self.require("generate_classes", 2 <= self.generate_classes <= MAX_CLASSES,
+                     f"a whole number from 2 to {MAX_CLASSES}")
+        self.require("generate_train_per_class", self.generate_train_per_class >= 1, "a whole number >= 1")
+        self.require("generate_val_per_class", self.generate_val_per_class >= 1, "a whole number >= 1")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None:

@@ -134,8 +134,10 @@ def build_train_loader(
 
 def build_eval_loader(
     cfg: DataConfig, *, batch_size: int, ten_crop: bool = False, dp_rank: int = 0, dp_size: int = 1, device=None,
+    limit: int = 0,
 ) -> Batches:
     """Every validation image exactly once across replicas: centre 224 crop, or the ten patches.
+    ``limit``: only an evenly spaced subset of that many images (every class keeps its share).
 
     The last batch of a replica may be smaller than ``batch_size``. Images are
     ``(B, 3, 224, 224)``, or ``(B, 10, 3, 224, 224)`` in ``TenCrop`` order with ``ten_crop``.
@@ -143,7 +145,7 @@ def build_eval_loader(
     split = scan_split(cfg.path, "val", on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
                        cache_dir=cfg.cache_dir)
     stats = load_color_stats(cfg)
-    positions = eval_positions(len(split), dp_rank=dp_rank, dp_size=dp_size)
+    positions = eval_positions(len(split), dp_rank=dp_rank, dp_size=dp_size, limit=limit)
     n = len(positions)
     device = _default_device(cfg, device)
     inner = _make_inner(cfg, split, positions, offsets=np.full((n, 2), 16), mirror=np.zeros(n, np.int64),

@@ -46,7 +46,11 @@ def train_positions(
     return (step * dp_size * batch_size + offset).reshape(-1)
 
 
-def eval_positions(n: int, *, dp_rank: int, dp_size: int) -> np.ndarray:
-    """This replica's contiguous share of the ``n`` evaluation images."""
+def eval_positions(n: int, *, dp_rank: int, dp_size: int, limit: int = 0) -> np.ndarray:
+    """This replica's contiguous share of the ``n`` evaluation images, or with ``limit`` of an
+    evenly spaced subset of ``limit`` of them: the files are sorted by class, so every class keeps
+    its share, and the subset is the same at every evaluation."""
     check_rank(1, dp_rank, dp_size)
-    return np.arange(dp_rank * n // dp_size, (dp_rank + 1) * n // dp_size)
+    chosen = np.arange(n) if not limit or limit >= n else np.arange(limit) * n // limit
+    m = len(chosen)
+    return chosen[dp_rank * m // dp_size:(dp_rank + 1) * m // dp_size]

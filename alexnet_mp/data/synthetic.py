@@ -13,9 +13,12 @@ images are written to a hidden folder inside the root and renamed into place at 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import click
@@ -183,11 +186,14 @@ def make_dataset(
     val_per_class: int = 50,
     seed: int = 0,
     progress: bool = True,
+    workers: int = 0,
 ) -> Path:
     """Writes ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``; returns ``root``.
 
     Atomic: an exception or Ctrl-C leaves no ``train/`` or ``val/`` (nor a ``root`` it created),
     so the corrected rerun works; ``train/``, which means "the dataset exists", appears last.
+    ``workers`` processes render the images (0: one per CPU this process may use); the files are
+    the same for any number.
     """
     _check_options(classes, train_per_class, val_per_class, seed)
     root = Path(root)
@@ -202,7 +208,8 @@ def make_dataset(
                         "you can write.") from None
     placed = []
     try:
-        _write_images(work, root, classes, train_per_class, val_per_class, seed, progress)
+        _write_images(work, root, classes, train_per_class, val_per_class, seed, progress,
+                      workers or default_workers())
         for split in ("val", "train"):
             (work / split).replace(root / split)
             placed.append(root / split)
@@ -262,9 +269,24 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
+def _write_one(work: Path, seed: int, job: tuple[str, int, int]) -> None:
+    split, k, i = job
+    # One generator per image: any single file can be regenerated on its own, by any worker.
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, k, i])
+    img = render(k, rng)
+    img.save(work / split / class_name(k) / f"{split}_{k:03d}_{i:05d}.jpg", "JPEG", quality=int(rng.integers(75, 96)))
+
+
+def _write_chunk(work: Path, seed: int, jobs: list[tuple[str, int, int]]) -> int:
+    for job in jobs:
+        _write_one(work, seed, job)
+    return len(jobs)
+
+
 def _write_images(work: Path, root: Path, classes: int, train_per_class: int, val_per_class: int, seed: int,
-                  progress: bool) -> None:
-    """Every image into ``work/<split>/<class>/``; the progress bar names ``root``."""
+                  progress: bool, workers: int) -> None:
+    """Every image into ``work/<split>/<class>/``, on ``workers`` processes; the progress bar names
+    ``root``. The bytes do not depend on ``workers``: each image has its own generator."""
     jobs = [
         (split, k, i)
         for split, n in (("train", train_per_class), ("val", val_per_class))
@@ -274,15 +296,38 @@ def _write_images(work: Path, root: Path, classes: int, train_per_class: int, va
     for split in ("train", "val"):
         for k in range(classes):
             (work / split / class_name(k)).mkdir(parents=True)
-    bar = click.progressbar(jobs, label=f"make-dataset {root}", file=sys.stderr) if progress else None
-    it = bar.__enter__() if bar else jobs
+    bar = click.progressbar(length=len(jobs), label=f"make-dataset {root}", file=sys.stderr) if progress else None
+    if bar:
+        bar.__enter__()
     try:
-        for split, k, i in it:
-            # One generator per image: any single file can be regenerated on its own.
-            rng = np.random.default_rng([seed, 0 if split == "train" else 1, k, i])
-            img = render(k, rng)
-            img.save(work / split / class_name(k) / f"{split}_{k:03d}_{i:05d}.jpg", "JPEG",
-                     quality=int(rng.integers(75, 96)))
+        if workers <= 1:
+            for job in jobs:
+                _write_one(work, seed, job)
+                if bar:
+                    bar.update(1)
+            return
+        chunk = 16
+        parts = [jobs[j:j + chunk] for j in range(0, len(jobs), chunk)]
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_write_chunk, work, seed, part) for part in parts]
+            try:
+                for done in as_completed(futures):
+                    n = done.result()
+                    if bar:
+                        bar.update(n)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
     finally:
         if bar:
             bar.__exit__(None, None, None)
+
+
+def default_workers() -> int:
+    """The CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)

@@ -31,7 +31,10 @@ import torch.distributed as dist
 
 from ..layers import COLUMNS
 from ..parallel import DIRECTIONS
+from .eta import Estimate, Remaining, remaining
 from .figures import column_specificity, kernel_grid
+
+ESTIMATE_AFTER_STEPS = 5  # the banner's run-length estimate: after this many steps of this attempt
 
 GiB = 1024**3
 
@@ -60,12 +63,20 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _schedule_words(s) -> str:
+    if s.kind == "epochs":
+        return "after epoch " + ", ".join(str(e) for e in sorted(s.at_epochs))
+    return f"on a val plateau (at most {s.max_reductions}x)"
+
+
 class Metrics:
     def __init__(self, cfg, layout, run_dir: Path, info) -> None:
         self.cfg, self.layout, self.run_dir, self.info = cfg, layout, run_dir, info
         self.writer = None
         self.start = time.perf_counter()
         self.window: list[tuple[float, float, int]] = []  # (step_s, data_s, images)
+        self.estimate = Estimate()
+        self.estimated = False
 
     def open(self, purge_step: int) -> None:
         """Start TensorBoard (rank 0). ``purge_step``: the first step of this attempt; events a
@@ -95,8 +106,8 @@ class Metrics:
             f"  batch: {c.training.batch_size} per model x {lay.dp_size} replica(s) = {per_step} images per step"
             + (f", {steps_per_epoch} steps per epoch" if steps_per_epoch else ""),
             f"  recipe: SGD lr {lr:g} momentum {c.optimizer.momentum:g} weight decay "
-            f"{c.optimizer.weight_decay:g}; lr x{c.lr_scheduler.factor:g} on a val plateau (at most "
-            f"{c.lr_scheduler.max_reductions}x); dropout {c.model.dropout:g}; {c.training.epochs} epochs"
+            f"{c.optimizer.weight_decay:g}; lr x{c.lr_scheduler.factor:g} " + _schedule_words(c.lr_scheduler)
+            + f"; dropout {c.model.dropout:g}; {c.training.epochs} epochs"
             + (f", at most {c.training.max_steps} steps" if c.training.max_steps else ""),
             f"  parameters: {sum(p.numel() for p in model.parameters()):,} in this process",
         ]
@@ -113,10 +124,30 @@ class Metrics:
         dist.all_gather_object(out, obj)
         return out
 
+    def _left(self, step: int, epoch: int, step_in_epoch: int, steps: int) -> tuple[Remaining, tuple | None]:
+        left = remaining(self.cfg, epoch=epoch, step_in_epoch=step_in_epoch, global_step=step,
+                         steps_per_epoch=steps, num_val=self.info.num_val)
+        return left, self.estimate.seconds(left)
+
+    def _announce_estimate(self, step: int, epoch: int, step_in_epoch: int, steps: int) -> None:
+        """Once, after the first few steps: how long the whole run will take from here."""
+        left, seconds = self._left(step, epoch, step_in_epoch, steps)
+        self.estimated = True
+        if seconds is None or not self.layout.is_main:
+            return
+        train_s, val_s = seconds
+        print(f"  estimate: {_fmt_time(train_s + val_s)} more -- {left.steps} steps at "
+              f"{self.estimate.seconds_per_step():.2f} s, then {left.validations} validation pass(es) of "
+              f"{left.forwards:,} image forwards at ~{1000 * self.estimate.seconds_per_forward():.0f} ms "
+              f"({_fmt_time(val_s)}; timed from the steps' forward passes)", file=sys.stderr, flush=True)
+
     def step(self, step: int, epoch: int, step_in_epoch: int, steps: int, *, loss, logits, labels, lr: float,
-             data_s: float, step_s: float, stats, dp_bytes: int) -> None:
+             data_s: float, step_s: float, forward_s: float, stats, dp_bytes: int) -> None:
         images = len(labels) * self.layout.dp_size
         self.window.append((step_s, data_s, images))
+        self.estimate.training_step(step_s + data_s, forward_s, images)
+        if not self.estimated and len(self.estimate.step_s) >= ESTIMATE_AFTER_STEPS:
+            self._announce_estimate(step, epoch, step_in_epoch, steps)
         if step % self.cfg.metrics.log_freq and step_in_epoch != steps:
             return
         per_rank = self._gather({"memory": device_memory(self.layout.devices), "stats": stats.as_dict()})
@@ -152,22 +183,29 @@ class Metrics:
                     total += per[d]["bytes"]
             w.add_scalar("exchange/total_bytes_per_step", total, step)
         c = self.cfg
-        remaining = (c.training.epochs - epoch) * steps - step_in_epoch
-        if c.training.max_steps:
-            remaining = min(remaining, c.training.max_steps - step)
+        _, seconds = self._left(step, epoch, step_in_epoch, steps)
+        eta = sum(seconds) if seconds else 0.0
         print(f"epoch {epoch + 1}/{c.training.epochs} step {step_in_epoch}/{steps} (global {step}) | "
               f"loss {loss_v:.4f} top1-err {top1:.3f} lr {lr:.1e} | {rate:.1f} img/s, data {mean_data:.2f}s, "
               f"step {mean_step:.2f}s | elapsed {_fmt_time(time.perf_counter() - self.start)} "
-              f"ETA {_fmt_time(remaining * (mean_step + mean_data))}", file=sys.stderr, flush=True)
+              f"ETA {_fmt_time(eta)} (validation included)", file=sys.stderr, flush=True)
 
-    def validation(self, step: int, epoch: int, results: dict[str, float], lr: float) -> None:
+    def validation(self, step: int, epoch: int, results: dict[str, float], lr: float, *, seconds: float = 0.0,
+                   forwards: int = 0, ten_crop_images: int = 0) -> None:
+        """``seconds`` the pass took for ``forwards`` image forwards (for the ETA); ``ten_crop_images``
+        when the ten patches were scored on a subset, so the line says so."""
+        if forwards:
+            self.estimate.validation(seconds, forwards)
         if not self.layout.is_main:
             return
         if self.writer is not None:
             for k, v in results.items():
                 self.writer.add_scalar("error/val_" + k.removeprefix("val_").replace("_error", ""), v, step)
         shown = ", ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in results.items())
-        print(f"validation after epoch {epoch} (step {step}): {shown}", file=sys.stderr, flush=True)
+        if ten_crop_images and any(k.endswith("_10crop") for k in results):
+            shown += f" (ten patches of {ten_crop_images} of the {self.info.num_val} images)"
+        took = f" in {_fmt_time(seconds)}" if seconds else ""
+        print(f"validation after epoch {epoch} (step {step}){took}: {shown}", file=sys.stderr, flush=True)
 
     def filters(self, model, step: int) -> None:
         """Figure 3: each column's conv1 kernels and colour specificity."""

@@ -1,6 +1,8 @@
-"""The paper's learning-rate schedule: divide by 10 when the validation error stops improving.
+"""The paper's learning-rate schedule: divide by 10 when the validation error stops improving
+(:class:`PlateauSchedule`), or at fixed epochs (:class:`EpochSchedule`) — the paper's drops were
+made by hand, and a run of a few epochs cannot wait for a plateau.
 
-Its state is three numbers, kept as JSON in each checkpoint's ``meta.json`` (nothing pickled).
+A schedule's state is a few numbers, kept as JSON in each checkpoint's ``meta.json`` (nothing pickled).
 The lr in effect is always ``base_lr * factor ** reductions``, so a run resumed with another
 ``[optimizer] lr`` keeps its place in the schedule (docs/training.md, "Failure and recovery").
 """
@@ -29,6 +31,11 @@ class PlateauSchedule:
     def lr(self) -> float:
         return self.base_lr * self.factor**self.reductions
 
+    def after_epoch(self, epoch: int, error: float | None) -> bool:
+        """The end of ``epoch`` (1-based), with its validation error if it was evaluated; True when
+        the lr was just reduced."""
+        return False if error is None else self.step(error)
+
     def step(self, error: float) -> bool:
         """Record one evaluation's error; True when the lr was just reduced."""
         if error < self.best - self.threshold:
@@ -49,4 +56,31 @@ class PlateauSchedule:
     def load_state_dict(self, state: dict) -> None:
         self.best = math.inf if state["best"] is None else float(state["best"])
         self.bad_evals = int(state["bad_evals"])
+        self.reductions = int(state["reductions"])
+
+
+@dataclass(slots=True)
+class EpochSchedule:
+    """``factor`` times the lr after each epoch in ``at_epochs`` (1-based), whatever the error."""
+
+    base_lr: float
+    factor: float
+    at_epochs: tuple[int, ...]
+    reductions: int = 0
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.factor**self.reductions
+
+    def after_epoch(self, epoch: int, error: float | None) -> bool:
+        due = sum(1 for e in self.at_epochs if e <= epoch)
+        if due > self.reductions:
+            self.reductions = due
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"reductions": self.reductions}
+
+    def load_state_dict(self, state: dict) -> None:
         self.reductions = int(state["reductions"])

@@ -36,7 +36,7 @@ from .distributed import Layout, setup, teardown
 from .evaluate import evaluate
 from .lock import RunLock
 from .metrics import Metrics
-from .schedule import PlateauSchedule
+from .schedule import EpochSchedule, PlateauSchedule
 
 
 class TrainingError(UserError):
@@ -83,8 +83,10 @@ class Position:
             setattr(self, f.name, int(state[f.name]))
 
 
-def _schedule(cfg: Config) -> PlateauSchedule:
+def _schedule(cfg: Config) -> PlateauSchedule | EpochSchedule:
     s = cfg.lr_scheduler
+    if s.kind == "epochs":
+        return EpochSchedule(base_lr=cfg.optimizer.lr, factor=s.factor, at_epochs=tuple(sorted(s.at_epochs)))
     return PlateauSchedule(base_lr=cfg.optimizer.lr, factor=s.factor, patience=s.patience, threshold=s.threshold,
                            max_reductions=s.max_reductions)
 
@@ -116,7 +118,9 @@ def _ensure_data(cfg: Config, layout: Layout) -> None:
     if cfg.data.generate_if_missing and not (root / "train").exists():
         if layout.is_main:
             print(f"generating the quick-start dataset in {root} (alexnet-mp make-dataset)", file=sys.stderr)
-            make_dataset(root)
+            d = cfg.data
+            make_dataset(root, classes=d.generate_classes, train_per_class=d.generate_train_per_class,
+                         val_per_class=d.generate_val_per_class)
         if layout.distributed:
             dist.barrier()
 
@@ -219,6 +223,7 @@ class Trainer:
                    "batch_size": cfg.training.batch_size, "seed": cfg.job.seed, "config": cfg.to_dict()})
         self.losses: list[float] = []  # this process's training loss per step, for tests and summaries
         self._last_loss = math.nan
+        self._forward_s = 0.0
         # dropout differs between columns (each drops its own units) and replicas
         torch.manual_seed(cfg.job.seed * 1000 + 1 + self.layout.rank)
         self.stop = _Stop()
@@ -285,20 +290,26 @@ class Trainer:
     def _eval_loader(self, ten_crop: bool):
         lay = self.layout
         return build_eval_loader(self.cfg.data, batch_size=self.cfg.validation.batch_size, ten_crop=ten_crop,
-                                 dp_rank=lay.dp_rank, dp_size=lay.dp_size, device=lay.devices[0])
+                                 dp_rank=lay.dp_rank, dp_size=lay.dp_size, device=lay.devices[0],
+                                 limit=self.cfg.validation.ten_crop_images if ten_crop else 0)
 
     def validate(self, *, final: bool) -> dict[str, float]:
         v = self.cfg.validation
         results = {}
+        start = time.perf_counter()
         with torch.autocast(**self.autocast):
             centre = evaluate(self.model, self._eval_loader(False), ten_crop=False, dp_group=self.layout.dp_group)
             ten = (evaluate(self.model, self._eval_loader(True), ten_crop=True, dp_group=self.layout.dp_group)
                    if v.ten_crop == "every" or (v.ten_crop == "end" and final) else None)
         results.update({f"val_{k}_centre": centre[k] for k in ("top1_error", "top5_error")})
+        forwards = centre["images"]
         if ten is not None:
             results.update({f"val_{k}_10crop": ten[k] for k in ("top1_error", "top5_error")})
+            forwards += 10 * ten["images"]
         self.metrics.validation(self.position.global_step, self.position.epoch, results,
-                                self.optimizer.param_groups[0]["lr"])
+                                self.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - start,
+                                forwards=forwards,
+                                ten_crop_images=ten["images"] if ten and ten["images"] < centre["images"] else 0)
         return results
 
     def _drill(self) -> None:
@@ -319,12 +330,14 @@ class Trainer:
         ``(nan, None)`` before anything is updated."""
         if self.cfg.training.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        t_forward = time.perf_counter()
         with torch.autocast(**self.autocast):
             logits = self.forward(images)
         loss = F.cross_entropy(logits.float(), labels.to(logits.device))
         if self.cfg.debug.inject_nan_at_step == self.position.global_step + 1:
             loss = loss * float("nan")
-        value = loss.item()
+        value = loss.item()  # waits for the forward on a GPU, so the time below is the forward's
+        self._forward_s = time.perf_counter() - t_forward
         finite = math.isfinite(value)
         bad, worst = _agree_max([float(not finite), value if finite else 0.0], self.layout)
         if bad:
@@ -361,7 +374,8 @@ class Trainer:
             self.metrics.step(p.global_step, p.epoch, p.step_in_epoch, steps, loss=self._last_loss, logits=logits,
                               labels=labels,
                               lr=self.optimizer.param_groups[0]["lr"], data_s=data_s,
-                              step_s=time.perf_counter() - t_step, stats=self.model.stats, dp_bytes=self._dp_bytes)
+                              step_s=time.perf_counter() - t_step, forward_s=self._forward_s,
+                              stats=self.model.stats, dp_bytes=self._dp_bytes)
             if cfg.checkpoint.interval and p.global_step % cfg.checkpoint.interval == 0 and p.step_in_epoch < steps:
                 self.save("interval")
             self._drill()
@@ -377,8 +391,8 @@ class Trainer:
         results = {}
         if p.epoch % cfg.validation.freq_epochs == 0 or p.epoch == cfg.training.epochs:
             results = self.validate(final=p.epoch == cfg.training.epochs)
-            if self.schedule.step(results["val_top1_error_centre"]):
-                self._set_lr(self.schedule.lr)
+        if self.schedule.after_epoch(p.epoch, results.get("val_top1_error_centre")):
+            self._set_lr(self.schedule.lr)
         self.metrics.filters(self.model, p.global_step)
         self.save("epoch end")
         return results
@@ -401,8 +415,10 @@ class Trainer:
                 validated_at = p.global_step if results else validated_at
             elif self._limit_reached():
                 self.save("max_steps")
-        final = results if validated_at == p.global_step and p.epoch == cfg.training.epochs \
-            else self.validate(final=True)
+        # the last epoch's validation is the final one; so is one that max_steps stopped at, unless
+        # the ten patches were left for the end
+        last_is_final = p.epoch == cfg.training.epochs or cfg.validation.ten_crop != "end"
+        final = results if validated_at == p.global_step and last_is_final else self.validate(final=True)
         self.metrics.finish(self.model, final, self._eval_loader(False), p.global_step)
         return final
 
@@ -414,7 +430,7 @@ class Trainer:
         teardown(self.layout)
 
 
-def _changed_hyperparameters(meta: dict, cfg: Config, schedule: PlateauSchedule) -> list[str]:
+def _changed_hyperparameters(meta: dict, cfg: Config, schedule: PlateauSchedule | EpochSchedule) -> list[str]:
     """What the config changes on resume: the config wins, and the run says so."""
     lines = []
     stored_lr = meta["config"].get("optimizer", {}).get("lr")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import sys
 
 import numpy as np
 import pytest
@@ -119,8 +120,8 @@ def test_a_failure_mid_generation_leaves_nothing_and_a_rerun_works(tmp_path, mon
         root.mkdir(parents=True)
     seen = _failing_render(monkeypatch, root, exc, after=5)
     expected = DataError if isinstance(exc, OSError) else type(exc)
-    with pytest.raises(expected) as err:
-        make_dataset(root, classes=2, train_per_class=4, val_per_class=2, progress=False)
+    with pytest.raises(expected) as err:  # one worker: the planted render runs in this process
+        make_dataset(root, classes=2, train_per_class=4, val_per_class=2, progress=False, workers=1)
     if expected is DataError:
         assert f"cannot write the dataset to {root}: [Errno {errno.ENOSPC}] No space left" in str(err.value)
     assert len(seen) == 6 and not any(seen)  # nothing visible while writing
@@ -159,3 +160,26 @@ def test_a_file_in_the_way_is_named(tmp_path):
     (tmp_path / "d" / "train").write_text("a file")
     result = CliRunner().invoke(main, ["make-dataset", str(tmp_path / "d"), "--quiet"])
     assert result.exit_code == 2 and f"{tmp_path / 'd' / 'train'} already exists" in result.output
+
+
+def _digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.jpg"))}
+
+
+def test_the_files_do_not_depend_on_the_number_of_workers(tmp_path):
+    one = make_dataset(tmp_path / "one", classes=3, train_per_class=7, val_per_class=3, seed=5, progress=False,
+                       workers=1)
+    three = make_dataset(tmp_path / "three", classes=3, train_per_class=7, val_per_class=3, seed=5, progress=False,
+                         workers=3)
+    files = _digest(one)
+    assert len(files) == 3 * (7 + 3) and files == _digest(three)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the workers are forked on Linux only")
+def test_a_failure_in_a_worker_process_leaves_nothing(tmp_path, monkeypatch):
+    """The workers are forked after the fault is planted, so they inherit it."""
+    root = tmp_path / "ds"
+    _failing_render(monkeypatch, root, OSError(errno.ENOSPC, "No space left on device"), after=2)
+    with pytest.raises(DataError, match="No space left on device"):
+        make_dataset(root, classes=2, train_per_class=20, val_per_class=2, progress=False, workers=2)
+    assert not root.exists()

@@ -1,0 +1,80 @@
+"""How long the rest of a run will take: the training steps left, and the validation passes left.
+
+Validation is counted in *forward passes of one image* (a centre crop is one, the ten patches
+ten), so one measured rate covers both. Before the first validation the rate comes from the
+forward halves of the training steps already run; after it, from the validations themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Remaining:
+    steps: int
+    validations: int
+    forwards: int  # one image through the network once; the ten patches count ten
+
+
+def remaining(cfg, *, epoch: int, step_in_epoch: int, global_step: int, steps_per_epoch: int, num_val: int) -> Remaining:
+    """The training steps, validations and validation forwards still to come, as the trainer will
+    run them: one every ``freq_epochs`` epochs and at the last, a final one when ``max_steps``
+    stops the run between validations, and the projector's images at the very end."""
+    t, v = cfg.training, cfg.validation
+    steps = (t.epochs - epoch) * steps_per_epoch - step_in_epoch
+    if t.max_steps:
+        steps = min(steps, max(0, t.max_steps - global_step))
+    done = epoch * steps_per_epoch + step_in_epoch
+    end = done + steps
+    ten = min(v.ten_crop_images or num_val, num_val)
+    passes = [e == t.epochs for e in range(epoch + 1, t.epochs + 1)  # True: the final one
+              if e * steps_per_epoch <= end and (e % v.freq_epochs == 0 or e == t.epochs)]
+    if end < t.epochs * steps_per_epoch:  # max_steps stops the run before the last epoch ends
+        at_validation = end % steps_per_epoch == 0 and (end // steps_per_epoch) % v.freq_epochs == 0
+        if not at_validation or v.ten_crop == "end":
+            passes.append(True)  # one final validation (the one just run lacked the ten patches)
+    forwards = 0
+    for last in passes:
+        forwards += num_val
+        if v.ten_crop == "every" or (v.ten_crop == "end" and last):
+            forwards += 10 * ten
+    forwards += min(cfg.metrics.projector_images, num_val) if cfg.metrics.enable_tensorboard else 0
+    return Remaining(steps=steps, validations=len(passes), forwards=forwards)
+
+
+class Estimate:
+    """Rates measured so far on this attempt: seconds per training step (data wait included) and
+    seconds per validation forward of one image (the whole validation set across replicas)."""
+
+    def __init__(self) -> None:
+        self.step_s: list[float] = []
+        self.forward_s_per_image: list[float] = []  # from the training steps' forward halves
+        self.validation_s = 0.0
+        self.validation_forwards = 0
+
+    def training_step(self, seconds: float, forward_seconds: float, images: int) -> None:
+        self.step_s.append(seconds)
+        self.forward_s_per_image.append(forward_seconds / max(1, images))
+
+    def validation(self, seconds: float, forwards: int) -> None:
+        self.validation_s += seconds
+        self.validation_forwards += forwards
+
+    def seconds_per_step(self) -> float | None:
+        warm = self.step_s[1:] or self.step_s  # the first step pays for warm-up
+        recent = warm[-50:]
+        return sum(recent) / len(recent) if recent else None
+
+    def seconds_per_forward(self) -> float | None:
+        if self.validation_forwards:
+            return self.validation_s / self.validation_forwards
+        warm = self.forward_s_per_image[1:] or self.forward_s_per_image
+        return sum(warm) / len(warm) if warm else None
+
+    def seconds(self, left: Remaining) -> tuple[float, float] | None:
+        """(training, validation) seconds for what is ``left``; None before the first step."""
+        step, forward = self.seconds_per_step(), self.seconds_per_forward()
+        if step is None or forward is None:
+            return None
+        return left.steps * step, left.forwards * forward
