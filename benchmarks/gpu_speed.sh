@@ -28,3 +28,25 @@ timeout 60 python3 -c "
 import sys; sys.path[:0] = ['tests', 'tests/benchmarks', 'benchmarks']
 from test_graphs import graphed_vs_eager
 print('graphed vs eager', graphed_vs_eager())" 2>&1 | tee "$OUT/graph_check.txt"
+# The trainer a user runs (launch/train.py), one process holding the network on one GPU, fed by
+# the device-made synthetic source (no decoding; DALI is not needed): its steady-state images/s,
+# to set beside step.py's in the same call (trainer / step benchmark).
+timeout 240 python3 launch/train.py --config configs/paper.toml --set job.name=gpu-trainer \
+  --set job.dump_folder="\"$OUT/runs\"" --set data.source='"synthetic"' --set data.synthetic_images=12800 \
+  --set training.batch_size=128 --set training.max_steps=80 --set training.mixed_precision='"bf16"' \
+  --set training.channels_last=true --set checkpoint.enable=false --set metrics.log_freq=20 \
+  --set metrics.enable_tensorboard=false --set validation.ten_crop='"never"' 2>&1 | tee "$OUT/trainer.txt"
+python3 - "$OUT" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+rates = [float(m) for m in re.findall(r"\| ([0-9.]+) img/s", open(f"{out}/trainer.txt").read())]
+trainer = max(rates[1:] or rates or [0.0])  # the first logged window holds the warm-up
+try:
+    step = json.load(open(f"{out}/step_cuda.json"))
+    best = max(r["images_per_s"] for r in step["rows"] if r["variant"] == "alexnet-fast-lrn" and r["bf16"]
+               and not r["graph"] and not r["compile"])
+except Exception as err:  # noqa: BLE001 - the ratio is only reported
+    print("no step.py bf16 figure to compare:", err); best = None
+print(f"trainer (synthetic source, bf16, eager) {trainer:.0f} img/s"
+      + (f"; step.py bf16 eager {best:.0f} img/s; trainer / step = {trainer / best:.3f}" if best else ""))
+PY

@@ -52,6 +52,15 @@ class DataConfig(Section):
     """With ``generate_if_missing``: training images per class (``--train-per-class``)."""
     generate_val_per_class: int = 50
     """With ``generate_if_missing``: validation images per class (``--val-per-class``)."""
+    source: Literal["folder", "synthetic"] = "folder"
+    """``"folder"``: the JPEGs under ``path``; ``"synthetic"``: uint8 images made once on the device and
+    augmented there, to time the trainer apart from decoding (``path`` and the loader are not used)."""
+    synthetic_images: int = 512
+    """With ``source = "synthetic"``: images in the pool (one epoch); 256x256 uint8 each."""
+    synthetic_val_images: int = 64
+    """With ``source = "synthetic"``: the first this many pool images are the validation set."""
+    synthetic_classes: int = 1000
+    """With ``source = "synthetic"``: labels ``i % synthetic_classes`` (the paper's 1000)."""
 
     def check(self) -> None:
         self.require("path", bool(self.path), "a non-empty folder name (the dataset root)")
@@ -62,6 +71,11 @@ class DataConfig(Section):
                      f"a whole number from 2 to {MAX_CLASSES}")
         self.require("generate_train_per_class", self.generate_train_per_class >= 1, "a whole number >= 1")
         self.require("generate_val_per_class", self.generate_val_per_class >= 1, "a whole number >= 1")
+        self.require("synthetic_images", self.synthetic_images >= 1, "a whole number >= 1")
+        self.require("synthetic_val_images", 1 <= self.synthetic_val_images <= self.synthetic_images,
+                     f"a whole number from 1 to synthetic_images ({self.synthetic_images})")
+        self.require("synthetic_classes", self.synthetic_classes >= 2 and self.synthetic_classes % 2 == 0,
+                     "an even whole number >= 2 (fc8 splits into two columns)")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None:

@@ -111,6 +111,9 @@ def build_train_loader(
     get the same batch. With ``mp_group`` and ``column_feed = "exchange"`` each column
     decodes 1/|mp_group| of the batch and the parts are all-gathered over ``mp_group``.
     """
+    if cfg.source == "synthetic":
+        return _synthetic_train(cfg, batch_size=batch_size, seed=seed, epoch=epoch, start_step=start_step,
+                                dp_rank=dp_rank, dp_size=dp_size, device=device)
     split = scan_split(cfg.path, "train", on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
                        cache_dir=cfg.cache_dir)
     stats = load_color_stats(cfg)
@@ -142,6 +145,14 @@ def build_eval_loader(
     The last batch of a replica may be smaller than ``batch_size``. Images are
     ``(B, 3, 224, 224)``, or ``(B, 10, 3, 224, 224)`` in ``TenCrop`` order with ``ten_crop``.
     """
+    if cfg.source == "synthetic":
+        from . import device_source
+
+        positions = eval_positions(cfg.synthetic_val_images, dp_rank=dp_rank, dp_size=dp_size, limit=limit)
+        inner = device_source.eval_batches(cfg.synthetic_images, cfg.synthetic_classes, positions=positions,
+                                           stats=load_color_stats(cfg), batch_size=batch_size, device=device,
+                                           ten_crop=ten_crop)
+        return Batches(inner, steps=-(-len(positions) // batch_size), start_step=0, device=None)
     split = scan_split(cfg.path, "val", on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
                        cache_dir=cfg.cache_dir)
     stats = load_color_stats(cfg)
@@ -152,3 +163,20 @@ def build_eval_loader(
                         shift=np.zeros((n, 3)), stats=stats, batch_size=batch_size, device=device,
                         ten_crop=ten_crop)
     return Batches(inner, steps=-(-n // batch_size), start_step=0, device=device, skipped=len(split.bad))
+
+
+def _synthetic_train(cfg: DataConfig, *, batch_size, seed, epoch, start_step, dp_rank, dp_size, device) -> Batches:
+    """``[data] source = "synthetic"``: both columns build the whole batch from the same plan on
+    their own device (nothing to exchange; the augmentation costs the same either way)."""
+    from . import device_source
+
+    n = cfg.synthetic_images
+    steps = steps_per_epoch(n, batch_size, dp_size)
+    if steps == 0:
+        raise ConfigError(f"[data] synthetic_images = {n} is fewer than one global batch ({batch_size} x "
+                          f"{dp_size} replicas); raise it.")
+    positions = train_positions(n, batch_size=batch_size, dp_rank=dp_rank, dp_size=dp_size, start_step=start_step)
+    inner = device_source.train_batches(n, cfg.synthetic_classes, positions=positions, seed=seed, epoch=epoch,
+                                        stats=load_color_stats(cfg), pca_std=cfg.pca_std, batch_size=batch_size,
+                                        device=device)
+    return Batches(inner, steps=steps, start_step=start_step, device=None)

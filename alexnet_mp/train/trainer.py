@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .. import layers as L
 from ..config import Config
 from ..data import build_eval_loader, build_train_loader, dataset_info, make_dataset
+from ..data.device_source import synthetic_info
 from ..errors import ConfigError, UserError
 from ..model import AlexNet
 from ..parallel import Placement, place_column, place_columns, place_on_device
@@ -115,7 +116,7 @@ def prepare_run_dir(run_dir: Path, layout: Layout) -> RunLock | None:
 def _ensure_data(cfg: Config, layout: Layout) -> None:
     """``[data] generate_if_missing``: the generated dataset is made on first use (rank 0; others wait)."""
     root = Path(cfg.data.path)
-    if cfg.data.generate_if_missing and not (root / "train").exists():
+    if cfg.data.source == "folder" and cfg.data.generate_if_missing and not (root / "train").exists():
         if layout.is_main:
             print(f"generating the quick-start dataset in {root} (alexnet-mp make-dataset)", file=sys.stderr)
             d = cfg.data
@@ -184,7 +185,9 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         _ensure_data(cfg, self.layout)
-        self.info = dataset_info(cfg.data.path)
+        d = cfg.data
+        self.info = dataset_info(d.path) if d.source == "folder" else \
+            synthetic_info(d.synthetic_images, d.synthetic_val_images, d.synthetic_classes)
         num_classes = cfg.model.num_classes or self.info.num_classes
         if num_classes % L.COLUMNS or num_classes < 2:
             raise ConfigError(f"{cfg.data.path} has {self.info.num_classes} classes; fc8 splits into {L.COLUMNS} "
