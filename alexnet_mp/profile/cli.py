@@ -37,11 +37,21 @@ def _names(strategy: str | None, compare: str | None) -> list[str]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also write the report as JSON (schema alexnet-mp/profile/1, docs/profile.md).")
 @click.option("--overlap", is_flag=True, help="Overlap the split's exchanges with compute (paper, hybrid).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also draw per-device memory beside bytes per exchange, measured and analytic, to FILE "
+                   "(.png or .svg; needs matplotlib: pip install -e '.[plot]').")
 @click.option("--tensorboard", "tb_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also write the tables as text and the comparison as charts for TensorBoard.")
 def profile_command(strategy, compare, batch_size, steps, warmup, device, data, num_classes, seed, overlap,
-                    json_path, tb_dir) -> None:
+                    json_path, plot_path, tb_dir) -> None:
     """Per-device memory, FLOPs, time and communication of each strategy, measured, beside the analytic figures."""
+    if plot_path:  # before minutes of profiling: the suffix, matplotlib and the folder
+        from .. import plots
+        from ..files import check_writable
+
+        plots.figure_format(plot_path)
+        plots.require_matplotlib()
+        check_writable(plot_path, option="--plot")
     cfg = ProfileConfig(strategies=_names(strategy, compare), batch_size=batch_size, steps=steps, warmup=warmup,
                         device=device, data=data, num_classes=num_classes, seed=seed, overlap=overlap)
     report = run(cfg)
@@ -51,6 +61,11 @@ def profile_command(strategy, compare, batch_size, steps, warmup, device, data, 
     if json_path:
         write_json(report, json_path)
         click.echo(f"wrote {json_path}")
+    if plot_path:
+        from .. import plots
+
+        plots.save_figure(plots.profile_figure(report), plot_path)
+        click.echo(f"wrote {plot_path}")
     if tb_dir:
         write_tensorboard(report, tb_dir)
         click.echo(f"wrote TensorBoard events to {tb_dir} (tensorboard --logdir {tb_dir})")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 import torch
 
 from ..errors import UserError
+from ..files import atomic_write
 from . import checkpoint as ckpt
 
 
-def _resolve(path: str) -> Path:
+def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its latest checkpoint)."""
     p = Path(path)
     if (p / ckpt.META).exists() or not p.is_dir():
@@ -24,23 +23,12 @@ def _resolve(path: str) -> Path:
     return found
 
 
+_resolve = resolve_checkpoint
+
+
 def _atomic_write(out: Path, write) -> None:
     """Write ``out`` through a temporary file in its folder: whole or not at all."""
-    tmp = None
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result is an ordinary file
-        os.replace(tmp, out)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot write it ({err.strerror or err}); choose a writable place.") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(out, write, option="--out")
 
 
 @click.command("export")

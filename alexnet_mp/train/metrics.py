@@ -11,6 +11,10 @@ TensorBoard tags, grouped by prefix (torchtitan's habit):
   (in flight behind compute, with ``[parallelism] overlap``) per step (column 0's view;
   both columns send the same), ``exchange/total_bytes_per_step``, ``exchange/dp_allreduce_bytes``
 * ``filters/column<c>`` (images, the paper's Figure 3) and ``filters/colour_specificity/column<c>``
+* ``profile/memory_and_traffic`` (a figure, at each validation and at the end): each rank's memory
+  beside the bytes of each exchange and direction at the last logged step, drawn by
+  :func:`alexnet_mp.plots.memory_traffic_figure` (the chart of ``alexnet-mp profile --plot``);
+  only when matplotlib is installed (``pip install -e '.[plot]'``), else a note says so once
 * ``config`` (text), hparams with the final metrics, and at the end the projector:
   fc7 features of validation images with their thumbnails (the paper's Figure 4).
 
@@ -77,6 +81,9 @@ class Metrics:
         self.window: list[tuple[float, float, int]] = []  # (step_s, data_s, images)
         self.estimate = Estimate()
         self.estimated = False
+        self.last_logged: tuple[int, list[dict], int] | None = None  # (step, per-rank memory and stats, dp bytes)
+        self._figure_step: int | None = None
+        self._no_matplotlib_noted = False
 
     def open(self, purge_step: int) -> None:
         """Start TensorBoard (rank 0). ``purge_step``: the first step of this attempt; events a
@@ -102,7 +109,8 @@ class Metrics:
             f"alexnet-mp training run '{c.job.name}' -> {self.run_dir}",
             f"  placement: {lay.describe()}",
             f"  data: {info.root} ({info.num_classes} classes, {info.num_train} train / {info.num_val} val images), "
-            f"loader {c.data.loader}",
+            + (f"loader {c.data.loader}" if c.data.source == "folder"
+               else "uint8 images made on the device and augmented there; nothing decoded"),
             f"  batch: {c.training.batch_size} per model x {lay.dp_size} replica(s) = {per_step} images per step"
             + (f", {steps_per_epoch} steps per epoch" if steps_per_epoch else ""),
             f"  recipe: SGD lr {lr:g} momentum {c.optimizer.momentum:g} weight decay "
@@ -154,6 +162,7 @@ class Metrics:
         if not self.layout.is_main:
             self.window.clear()
             return
+        self.last_logged = (step, per_rank, dp_bytes)
         with torch.no_grad():
             top = logits.detach().float().topk(min(5, logits.shape[-1]), -1).indices.cpu()
             hits = top == labels.cpu()[:, None]
@@ -201,6 +210,7 @@ class Metrics:
         if self.writer is not None:
             for k, v in results.items():
                 self.writer.add_scalar("error/val_" + k.removeprefix("val_").replace("_error", ""), v, step)
+            self.memory_traffic_figure(step)
         shown = ", ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in results.items())
         if ten_crop_images and any(k.endswith("_10crop") for k in results):
             shown += f" (ten patches of {ten_crop_images} of the {self.info.num_val} images)"
@@ -222,6 +232,25 @@ class Metrics:
             self.writer.add_scalar(f"filters/colour_specificity/column{c}", s, step)
             self.writer.add_image(f"filters/column{c}", kernel_grid(columns[c]), step)
 
+    def memory_traffic_figure(self, step: int) -> None:
+        """One figure of each rank's memory beside the bytes per exchange, from the last logged
+        step (the scalars ``memory/…`` and ``exchange/…`` side by side); once per step."""
+        if self.writer is None or self.last_logged is None or self._figure_step == step:
+            return
+        from .. import plots
+
+        if not plots.have_matplotlib():
+            if not self._no_matplotlib_noted:
+                self.note(f"no memory/traffic figure in TensorBoard: matplotlib is not installed ({plots.INSTALL})")
+                self._no_matplotlib_noted = True
+            return
+        logged, per_rank, dp_bytes = self.last_logged
+        fig = plots.memory_traffic_figure(plots.training_bars(per_rank, dp_bytes, group=self.cfg.job.name),
+                                          title=f"run {self.cfg.job.name!r} at step {logged}: memory per rank, "
+                                                "bytes per exchange as column 0 sent them", peak_label="peak")
+        self.writer.add_figure("profile/memory_and_traffic", fig, step)
+        self._figure_step = step
+
     # -- the end -----------------------------------------------------------------------
 
     def finish(self, model, final: dict[str, float], loader, step: int) -> None:
@@ -238,8 +267,10 @@ class Metrics:
 
             batches = -(-n // self.cfg.validation.batch_size)
             evaluate(model, itertools.islice(loader, batches), ten_crop=False, dp_group=None, on_features=keep)
+        self.note(f"finished at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
         if self.writer is None:
             return
+        self.memory_traffic_figure(step)
         if feats:
             x = torch.cat(thumbs)[:n]
             x = (x - x.amin(dim=(1, 2, 3), keepdim=True)) / (x.amax(dim=(1, 2, 3), keepdim=True)
@@ -251,7 +282,6 @@ class Metrics:
                    "weight_decay": c.optimizer.weight_decay, "dropout": c.model.dropout, "lrn_alpha": c.model.lrn_alpha,
                    "world_size": self.layout.world_size, "loader": c.data.loader}
         self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
-        self.note(f"finished at step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
 
     def close(self) -> None:
         if self.writer is not None:

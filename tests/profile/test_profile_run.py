@@ -28,7 +28,8 @@ def compared(tmp_path_factory) -> tuple[dict, Path, str]:
     out = tmp_path_factory.mktemp("profile")
     result = CliRunner().invoke(main, [
         "profile", "--compare", "paper,single,data-parallel", "--batch-size", "4", "--steps", "1",
-        "--warmup", "0", "--device", "cpu", "--json", str(out / "p.json"), "--tensorboard", str(out / "tb")])
+        "--warmup", "0", "--device", "cpu", "--json", str(out / "p.json"), "--tensorboard", str(out / "tb"),
+        "--plot", str(out / "p.svg")])
     assert result.exit_code == 0, result.output
     return json.loads((out / "p.json").read_text()), out, result.output
 
@@ -129,6 +130,27 @@ def test_table_and_tensorboard_say_what_was_measured(compared):
     assert event.step == 4 and event.value == pytest.approx(243.860896, rel=1e-6)  # PARAMS x 4 B in MB; stored fp32: 2^-24 rel
     root = EventAccumulator(str(out / "tb"), size_guidance={"tensors": 0}).Reload()
     assert "profile/report/text_summary" in root.Tags()["tensors"]
+
+
+def test_plot_draws_the_measured_memory_and_bytes(compared):
+    pytest.importorskip("matplotlib")
+    from alexnet_mp import plots
+
+    report, out, text = compared
+    assert f"wrote {out / 'p.svg'}" in text and b"<svg" in (out / "p.svg").read_bytes()[:2000]
+    fig = plots.profile_figure(report)
+    traffic = {p.get_gid(): p.get_width() for ax in fig.axes for p in ax.patches
+               if (p.get_gid() or "").startswith("traffic:")}
+    analytic = _paper_bytes(4)
+    for name, n in analytic.items():
+        assert traffic[f"traffic:paper:{name} all-gather fwd"] == n
+        assert traffic[f"traffic:paper:{name} reduce-scatter bwd"] == n
+    assert sum(v for k, v in traffic.items() if k.startswith("traffic:data-parallel:")) == PARAMS * 4
+    assert not any(k.startswith("traffic:single:") for k in traffic)
+    params = {p.get_gid(): p.get_height() * 2**20 for ax in fig.axes for p in ax.patches
+              if (p.get_gid() or "").endswith(":parameters")}
+    assert params["memory:paper:rank 0 col 0:parameters"] == pytest.approx(COLUMN_PARAMS * 4)
+    assert params["memory:single:rank 0:parameters"] == pytest.approx(PARAMS * 4)
 
 
 def test_hybrid_sends_the_pairs_exchanges_and_half_the_gradients(tmp_path):
