@@ -184,12 +184,16 @@ class LRSchedulerConfig(Section):
     """Reductions at most (the paper: three)."""
     threshold: float = 1e-3
     """Least drop in top-1 error that counts as an improvement (absolute)."""
+    warmup_steps: int = 0
+    """The lr rises linearly to its value over the first this many steps (not in the paper; it
+    tames the first steps' loss spike of a short run from He init). 0: off."""
 
     def check(self) -> None:
         self.require("factor", 0 < self.factor < 1, "a number in (0, 1)")
         self.require("patience", self.patience >= 0, "a whole number >= 0")
         self.require("max_reductions", self.max_reductions >= 0, "a whole number >= 0")
         self.require("threshold", self.threshold >= 0, "a number >= 0")
+        self.require("warmup_steps", self.warmup_steps >= 0, "a whole number >= 0 (0: no warm-up)")
         self.require("at_epochs", all(isinstance(e, int) and e >= 1 for e in self.at_epochs),
                      "a list of whole numbers >= 1 (epochs after which the lr is reduced)")
         self.require("at_epochs", self.kind != "epochs" or bool(self.at_epochs),

@@ -264,6 +264,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def _warm_up(self) -> None:
+        """``[lr_scheduler] warmup_steps``: step g (0-based) runs at (g + 1) / warmup_steps of the
+        schedule's lr — a function of the global step, so a resumed run repeats it exactly."""
+        w, g = self.cfg.lr_scheduler.warmup_steps, self.position.global_step
+        if w and g <= w:
+            self._set_lr(self.schedule.lr * min(1.0, (g + 1) / w))
+
     def _diverged(self, steps: int) -> TrainingError:
         """The NaN error, after setting aside the checkpoints saved while the loss diverged."""
         p = self.position
@@ -365,6 +372,7 @@ class Trainer:
                                   f"{p.global_step}; run the same command to resume")
                 return False
             t_step = time.perf_counter()
+            self._warm_up()
             self.model.stats.reset()
             worst, logits = self.train_step(images, labels)
             self.checkpoints.judge(worst)

@@ -45,3 +45,21 @@ def test_the_trainer_drops_the_lr_after_the_listed_epoch_and_a_resume_keeps_it(d
     run_trainer(config(dataset, tmp_path, **sets))  # resumes into epoch 3 at the reduced lr
     meta = json.loads((ckpt.latest(tmp_path / "runs" / "t") / ckpt.META).read_text())
     assert meta["global_step"] == 36 and meta["lr"] == pytest.approx(0.0004)
+
+
+@pytest.mark.slow
+def test_warm_up_raises_the_lr_linearly_and_a_resume_continues_it(dataset, tmp_path, monkeypatch):  # noqa: F811
+    from alexnet_mp.train import metrics as metrics_module
+
+    lrs = []
+    real_step = metrics_module.Metrics.step
+
+    def step(self, *args, lr, **kwargs):
+        lrs.append(lr)
+        return real_step(self, *args, lr=lr, **kwargs)
+
+    monkeypatch.setattr(metrics_module.Metrics, "step", step)
+    sets = {"lr_scheduler.warmup_steps": 4, "optimizer.lr": 0.002, "training.max_steps": 2}
+    run_trainer(config(dataset, tmp_path, **sets))
+    run_trainer(config(dataset, tmp_path, **{**sets, "training.max_steps": 6}))  # resumes at step 2
+    assert lrs == pytest.approx([0.0005, 0.001, 0.0015, 0.002, 0.002, 0.002])
