@@ -40,6 +40,9 @@ class Layout:
     mesh: object | None = None
     owns_group: bool = False
     """True when :func:`setup` created the process group (and :func:`teardown` should end it)."""
+    control_group: dist.ProcessGroup | None = None
+    """Host flags (stop signals, errors) agree over this CPU (gloo) group; None: the default
+    group, already gloo. With NCCL a flag on a CUDA tensor would make the host wait for the GPU."""
 
     @property
     def distributed(self) -> bool:
@@ -104,9 +107,10 @@ def setup(device: str = "auto", data_parallel: int = 0) -> Layout:
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh("cuda" if cuda else "cpu", (dp, COLUMNS), mesh_dim_names=("dp", "mp"))
+    control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return Layout(rank=rank, world_size=world, dp_rank=mesh.get_local_rank("dp"), dp_size=dp,
                   mp_group=mesh.get_group("mp"), dp_group=mesh.get_group("dp"), devices=[dev], backend=backend,
-                  attempt=attempt, mesh=mesh, owns_group=owns_group)
+                  attempt=attempt, mesh=mesh, owns_group=owns_group, control_group=control)
 
 
 _listeners: list[socket.socket] = []

@@ -53,9 +53,11 @@ class Estimate:
         self.validation_s = 0.0
         self.validation_forwards = 0
 
-    def training_step(self, seconds: float, forward_seconds: float, images: int) -> None:
+    def training_step(self, seconds: float, forward_seconds: float | None, images: int) -> None:
+        """``forward_seconds``: None once the forward is no longer timed."""
         self.step_s.append(seconds)
-        self.forward_s_per_image.append(forward_seconds / max(1, images))
+        if forward_seconds is not None:
+            self.forward_s_per_image.append(forward_seconds / max(1, images))
 
     def validation(self, seconds: float, forwards: int) -> None:
         self.validation_s += seconds

@@ -149,14 +149,22 @@ class Metrics:
               f"{left.forwards:,} image forwards at ~{1000 * self.estimate.seconds_per_forward():.0f} ms "
               f"({_fmt_time(val_s)}; timed from the steps' forward passes)", file=sys.stderr, flush=True)
 
-    def step(self, step: int, epoch: int, step_in_epoch: int, steps: int, *, loss, logits, labels, lr: float,
-             data_s: float, step_s: float, forward_s: float, stats, dp_bytes: int) -> None:
+    def logs_at(self, step: int, step_in_epoch: int, steps: int) -> bool:
+        """Whether :meth:`step` logs this step (every ``log_freq`` steps and at each epoch end): the
+        trainer reads the losses on the host only then."""
+        return step % self.cfg.metrics.log_freq == 0 or step_in_epoch == steps
+
+    def step(self, step: int, epoch: int, step_in_epoch: int, steps: int, *, loss: float | None, logits, labels,
+             lr: float, data_s: float, step_s: float, forward_s: float | None, stats, dp_bytes: int) -> None:
+        """One training step's timings; at the steps :meth:`logs_at` names, the console line and
+        the scalars (``loss`` is the host's copy then, None otherwise). ``forward_s``: the forward's
+        seconds while the estimate still needs them, else None."""
         images = len(labels) * self.layout.dp_size
         self.window.append((step_s, data_s, images))
         self.estimate.training_step(step_s + data_s, forward_s, images)
         if not self.estimated and len(self.estimate.step_s) >= ESTIMATE_AFTER_STEPS:
             self._announce_estimate(step, epoch, step_in_epoch, steps)
-        if step % self.cfg.metrics.log_freq and step_in_epoch != steps:
+        if not self.logs_at(step, step_in_epoch, steps):
             return
         per_rank = self._gather({"memory": device_memory(self.layout.devices), "stats": stats.as_dict()})
         if not self.layout.is_main:

@@ -147,22 +147,30 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> Placement:
     return place_on_device(net, layout.devices[0])
 
 
-def _agree_max(values: list[float], layout: Layout) -> list[float]:
-    """Each value's maximum over all ranks (one all-reduce)."""
-    if not layout.distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=layout.devices[0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
-
-
 def _agree(flags: list[bool], layout: Layout) -> list[bool]:
-    """Each flag true on every rank if it is true on any, so all ranks stop or save together."""
+    """Each flag true on every rank if it is true on any, so all ranks stop or save together.
+    Host flags travel over the CPU control group (gloo), so a GPU's queue never waits for them."""
     if not layout.distributed:
         return flags
-    t = torch.tensor([float(f) for f in flags], device=layout.devices[0])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([float(f) for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=layout.control_group)
     return [bool(v) for v in t.tolist()]
+
+
+def _wait_for(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(slots=True)
+class PendingStep:
+    """A step whose loss is still on the device: read at the next :meth:`Trainer.flush`."""
+
+    step: int  # 1-based global step
+    epoch: int  # 0-based
+    step_in_epoch: int  # 1-based
+    steps: int  # steps in the epoch
+    loss: torch.Tensor
 
 
 class Trainer:
@@ -226,7 +234,9 @@ class Trainer:
                    "batch_size": cfg.training.batch_size, "seed": cfg.job.seed, "config": cfg.to_dict()})
         self.losses: list[float] = []  # this process's training loss per step, for tests and summaries
         self._last_loss = math.nan
-        self._forward_s = 0.0
+        self._forward_s: float | None = None
+        self._pending: list[PendingStep] = []
+        self._skip: torch.Tensor | None = None  # 1 once any rank's loss was not finite: no update from then on
         # dropout differs between columns (each drops its own units) and replicas
         torch.manual_seed(cfg.job.seed * 1000 + 1 + self.layout.rank)
         self.stop = _Stop()
@@ -237,6 +247,7 @@ class Trainer:
     def save(self, reason: str) -> Path | None:
         if not self.cfg.checkpoint.enable:
             return None
+        self.flush()  # a diverged step is found before its weights could be saved
         t = time.perf_counter()
         saved = self.checkpoints.save(self.position.global_step)
         if saved is None:
@@ -271,10 +282,9 @@ class Trainer:
         if w and g <= w:
             self._set_lr(self.schedule.lr * min(1.0, (g + 1) / w))
 
-    def _diverged(self, steps: int) -> TrainingError:
+    def _diverged(self, at: PendingStep) -> TrainingError:
         """The NaN error, after setting aside the checkpoints saved while the loss diverged."""
-        p = self.position
-        where = f"step {p.global_step + 1} (epoch {p.epoch + 1}, step {p.step_in_epoch + 1} of {steps})"
+        where = f"step {at.step} (epoch {at.epoch + 1}, step {at.step_in_epoch} of {at.steps})"
         if not self.cfg.checkpoint.enable:
             return TrainingError(f"the loss is not finite at {where}; training stopped before updating the "
                                  "weights. Checkpoints are off, so a rerun starts over: lower [optimizer] lr or "
@@ -334,29 +344,50 @@ class Trainer:
         m = self.cfg.training.max_steps
         return bool(m) and self.position.global_step >= m
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor | None]:
-        """Forward, loss, backward, gradient sync and update. Returns the loss (the largest over
-        data-parallel replicas) and the logits; a non-finite loss on any rank returns
-        ``(nan, None)`` before anything is updated."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss, backward, gradient sync and update, with no host synchronisation: the
+        loss stays on the device until :meth:`flush` reads it. A non-finite loss on any rank
+        skips this update and every later one on the device (fused SGD's ``found_inf``), and the
+        next :meth:`flush` stops the run: the weights stay those from before that step."""
         if self.cfg.training.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        timed = not self.metrics.estimated  # the forward is timed only for the run-length estimate
         t_forward = time.perf_counter()
         with torch.autocast(**self.autocast):
             logits = self.forward(images)
         loss = F.cross_entropy(logits.float(), labels.to(logits.device))
         if self.cfg.debug.inject_nan_at_step == self.position.global_step + 1:
             loss = loss * float("nan")
-        value = loss.item()  # waits for the forward on a GPU, so the time below is the forward's
-        self._forward_s = time.perf_counter() - t_forward
-        finite = math.isfinite(value)
-        bad, worst = _agree_max([float(not finite), value if finite else 0.0], self.layout)
-        if bad:
-            return math.nan, None
+        if timed:
+            _wait_for(logits.device)
+        self._forward_s = time.perf_counter() - t_forward if timed else None
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.layout.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # queued on the device: the host does not wait
+        self._skip = bad if self._skip is None else torch.maximum(self._skip, bad)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.optimizer.found_inf = self._skip
         self.optimizer.step()
-        self._last_loss = value
-        return worst, logits.detach()
+        return loss.detach(), logits.detach()
+
+    def flush(self) -> None:
+        """Read the losses of the steps since the last read (one copy, one all-reduce for the
+        worst over replicas): the first one says whether the latest checkpoint is healthy; a
+        non-finite one stops the run (:class:`TrainingError`) naming its step."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        mine = torch.stack([q.loss.float().reshape(()) for q in pending])
+        worst = torch.where(torch.isfinite(mine), mine, torch.full_like(mine, math.inf))
+        if self.layout.distributed:
+            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        for q, w, m in zip(pending, worst.tolist(), mine.tolist(), strict=True):
+            self.checkpoints.judge(w if math.isfinite(w) else math.nan)
+            if not math.isfinite(w):
+                raise self._diverged(q)
+            self.losses.append(m)
+            self._last_loss = m
 
     def _epoch(self, loader) -> bool:
         """Run the rest of an epoch; False when a signal stopped the run."""
@@ -374,16 +405,16 @@ class Trainer:
             t_step = time.perf_counter()
             self._warm_up()
             self.model.stats.reset()
-            worst, logits = self.train_step(images, labels)
-            self.checkpoints.judge(worst)
-            if logits is None:
-                raise self._diverged(steps)
-            self.losses.append(self._last_loss)
+            loss, logits = self.train_step(images, labels)
+            self._pending.append(PendingStep(p.global_step + 1, p.epoch, p.step_in_epoch + 1, steps, loss))
             p.global_step += 1
             p.step_in_epoch += 1
             p.samples_seen += cfg.training.batch_size * self.layout.dp_size
-            self.metrics.step(p.global_step, p.epoch, p.step_in_epoch, steps, loss=self._last_loss, logits=logits,
-                              labels=labels,
+            logged = self.metrics.logs_at(p.global_step, p.step_in_epoch, steps)
+            if logged:
+                self.flush()
+            self.metrics.step(p.global_step, p.epoch, p.step_in_epoch, steps,
+                              loss=self._last_loss if logged else None, logits=logits, labels=labels,
                               lr=self.optimizer.param_groups[0]["lr"], data_s=data_s,
                               step_s=time.perf_counter() - t_step, forward_s=self._forward_s,
                               stats=self.model.stats, dp_bytes=self._dp_bytes)
@@ -397,6 +428,7 @@ class Trainer:
 
     def _end_of_epoch(self) -> dict[str, float]:
         cfg, p = self.cfg, self.position
+        self.flush()
         p.epoch += 1
         p.step_in_epoch = 0
         results = {}
@@ -426,6 +458,7 @@ class Trainer:
                 validated_at = p.global_step if results else validated_at
             elif self._limit_reached():
                 self.save("max_steps")
+        self.flush()
         # the last epoch's validation is the final one; so is one that max_steps stopped at, unless
         # the ten patches were left for the end
         last_is_final = p.epoch == cfg.training.epochs or cfg.validation.ten_crop != "end"

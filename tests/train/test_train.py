@@ -290,18 +290,14 @@ def test_sigterm_saves_and_exits_cleanly(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_generate_if_missing_makes_the_dataset_first(tmp_path, monkeypatch):
-    import functools
-
-    from alexnet_mp.data import make_dataset
-    from alexnet_mp.train import trainer as trainer_module
-
-    small = functools.partial(make_dataset, classes=2, train_per_class=8, val_per_class=2, seed=3, progress=False)
-    monkeypatch.setattr(trainer_module, "make_dataset", small)
+def test_generate_if_missing_makes_the_dataset_first(tmp_path):
     root = tmp_path / "made"
-    cfg = config(root, tmp_path, **{"data.generate_if_missing": True, "training.max_steps": 1})
+    cfg = config(root, tmp_path, **{"data.generate_if_missing": True, "training.max_steps": 1,
+                                    "data.generate_classes": 2, "data.generate_train_per_class": 8,
+                                    "data.generate_val_per_class": 2})
     losses, _ = run_trainer(cfg)
     assert len(losses) == 1 and len(list((root / "train").rglob("*.jpg"))) == 16
+    assert len(list((root / "val").rglob("*.jpg"))) == 4
 
 
 def test_bf16_channels_last_training_sends_exchanges_in_the_compute_dtype(dataset, tmp_path):
