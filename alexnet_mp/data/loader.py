@@ -7,6 +7,7 @@ file index is cached) and yields ``(images, labels)`` on ``device``: float32 NCH
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import numpy as np
@@ -73,11 +74,34 @@ def _default_device(cfg: DataConfig, device):
     return None
 
 
+def dali_available() -> bool:
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_fallback_noted = False
+
+
+def effective_loader(cfg: DataConfig) -> str:
+    """``cfg.loader``, except that ``"dali"`` without DALI installed falls back to the torchvision
+    loader (the same per-sample plan, so the batches and exact resume are the same), said once."""
+    global _fallback_noted
+    if cfg.loader == "dali" and not dali_available():
+        if not _fallback_noted:
+            log.warning("[data] loader = \"dali\" but NVIDIA DALI is not installed here; decoding with the "
+                        "torchvision loader instead (pip install nvidia-dali-cuda120 for DALI).")
+            _fallback_noted = True
+        return "torchvision"
+    return cfg.loader
+
+
 def _make_inner(cfg, split, idx, *, offsets, mirror, shift, stats, batch_size, device, ten_crop):
     """The loader for dataset indices ``idx`` (in order) with their per-sample parameters."""
     files = [split.files[i] for i in idx]
     labels, sizes = split.labels[idx], split.sizes[idx]
-    if cfg.loader == "dali":
+    if effective_loader(cfg) == "dali":
         from .dali import DaliBatches, dali_params, gpu_device_id
 
         if cfg.decode_device == "gpu" and not torch.cuda.is_available():

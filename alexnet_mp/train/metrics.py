@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..data.loader import effective_loader
 from ..layers import COLUMNS
 from ..parallel import DIRECTIONS
 from .eta import Estimate, Remaining, remaining
@@ -109,7 +110,7 @@ class Metrics:
             f"alexnet-mp training run '{c.job.name}' -> {self.run_dir}",
             f"  placement: {lay.describe()}",
             f"  data: {info.root} ({info.num_classes} classes, {info.num_train} train / {info.num_val} val images), "
-            + (f"loader {c.data.loader}" if c.data.source == "folder"
+            + (f"loader {effective_loader(c.data)}" if c.data.source == "folder"
                else "uint8 images made on the device and augmented there; nothing decoded"),
             f"  batch: {c.training.batch_size} per model x {lay.dp_size} replica(s) = {per_step} images per step"
             + (f", {steps_per_epoch} steps per epoch" if steps_per_epoch else ""),

@@ -215,3 +215,24 @@ def test_lighting_adds_one_rgb_shift_to_every_pixel(tiny_root, tmp_path, loader)
     # of quantities <= 1.1 in [0, 1] units (pixel, shift, mean; normalised values |x| < 3 times
     # std < 0.23 are smaller): 16 x 1.1 u ~ 18 u per pixel, bounded by 32 u (u = 2^-24).
     assert (delta - expected[:, :, None, None]).abs().max() <= 32 * 2.0**-24
+
+
+def test_without_dali_the_dali_loader_falls_back_to_torchvision_with_the_same_batches(tiny_root, tmp_path,
+                                                                                        monkeypatch, caplog):
+    from alexnet_mp.data import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "dali_available", lambda: False)
+    monkeypatch.setattr(loader_module, "_fallback_noted", False)
+    torchvision = run(build_train_loader(cfg_for(tiny_root, tmp_path, loader="torchvision", threads=0),
+                                         batch_size=12, seed=1, epoch=0))
+    with caplog.at_level("WARNING", logger=loader_module.__name__):
+        fallen = run(build_train_loader(cfg_for(tiny_root, tmp_path, loader="dali", threads=0), batch_size=12,
+                                        seed=1, epoch=0))
+        run(build_eval_loader(cfg_for(tiny_root, tmp_path, loader="dali", threads=0), batch_size=5))
+    assert len(fallen) == len(torchvision)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(fallen, torchvision))
+    notes = [r.getMessage() for r in caplog.records if "NVIDIA DALI is not installed" in r.getMessage()]
+    assert len(notes) == 1 and "torchvision loader instead" in notes[0]  # said once, not per loader
+    assert loader_module.effective_loader(cfg_for(tiny_root, tmp_path, loader="dali")) == "torchvision"
+    monkeypatch.setattr(loader_module, "dali_available", lambda: True)
+    assert loader_module.effective_loader(cfg_for(tiny_root, tmp_path, loader="dali")) == "dali"
