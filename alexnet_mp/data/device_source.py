@@ -90,9 +90,9 @@ class DeviceEvalBatches:
         patches = TEN_PATCHES if self.ten_crop else ((16, 16, 0),)
         for s in range(0, len(self.idx), self.batch):
             sel = torch.as_tensor(self.idx[s:s + self.batch], device=dev)
-            n = len(sel)
-            views = [augment(self.pixels[sel], np.tile([[top, left]], (n, 1)), np.full(n, flip), np.zeros((n, 3)),
-                             self.stats) for top, left, flip in patches]
+            n, chunk = len(sel), self.pixels[sel]
+            views = [augment(chunk, np.tile([[top, left]], (n, 1)), np.full(n, flip), np.zeros((n, 3)), self.stats)
+                     for top, left, flip in patches]
             images = torch.stack(views, 1) if self.ten_crop else views[0]
             yield images, self.labels[sel]
 

@@ -7,7 +7,10 @@ forward halves of the training steps already run; after it, from the validations
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+
+RECENT_STEPS = 50  # the step time is the mean of this many latest steps
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,20 @@ class Estimate:
     seconds per validation forward of one image (the whole validation set across replicas)."""
 
     def __init__(self) -> None:
-        self.step_s: list[float] = []
-        self.forward_s_per_image: list[float] = []  # from the training steps' forward halves
+        self.steps = 0
+        self.first_step_s: float | None = None  # warm-up: used only while it is the only one
+        self.recent_step_s: deque[float] = deque(maxlen=RECENT_STEPS)
+        self.forward_s_per_image: list[float] = []  # from the training steps' forward halves (the first few)
         self.validation_s = 0.0
         self.validation_forwards = 0
 
     def training_step(self, seconds: float, forward_seconds: float | None, images: int) -> None:
         """``forward_seconds``: None once the forward is no longer timed."""
-        self.step_s.append(seconds)
+        self.steps += 1
+        if self.steps == 1:
+            self.first_step_s = seconds
+        else:
+            self.recent_step_s.append(seconds)
         if forward_seconds is not None:
             self.forward_s_per_image.append(forward_seconds / max(1, images))
 
@@ -64,9 +73,9 @@ class Estimate:
         self.validation_forwards += forwards
 
     def seconds_per_step(self) -> float | None:
-        warm = self.step_s[1:] or self.step_s  # the first step pays for warm-up
-        recent = warm[-50:]
-        return sum(recent) / len(recent) if recent else None
+        if self.recent_step_s:  # the first step pays for warm-up
+            return sum(self.recent_step_s) / len(self.recent_step_s)
+        return self.first_step_s
 
     def seconds_per_forward(self) -> float | None:
         if self.validation_forwards:

@@ -163,7 +163,7 @@ class Metrics:
         images = len(labels) * self.layout.dp_size
         self.window.append((step_s, data_s, images))
         self.estimate.training_step(step_s + data_s, forward_s, images)
-        if not self.estimated and len(self.estimate.step_s) >= ESTIMATE_AFTER_STEPS:
+        if not self.estimated and self.estimate.steps >= ESTIMATE_AFTER_STEPS:
             self._announce_estimate(step, epoch, step_in_epoch, steps)
         if not self.logs_at(step, step_in_epoch, steps):
             return
@@ -181,10 +181,9 @@ class Metrics:
         mean_data = sum(d for _, d, _ in self.window) / n
         rate = sum(i for _, _, i in self.window) / max(1e-9, sum(s + d for s, d, _ in self.window))
         self.window.clear()
-        loss_v = loss
         w = self.writer
         if w is not None:
-            for tag, v in (("loss/train", loss_v), ("lr", lr), ("error/train_top1", top1), ("error/train_top5", top5),
+            for tag, v in (("loss/train", loss), ("lr", lr), ("error/train_top1", top1), ("error/train_top5", top5),
                            ("throughput/images_per_s", rate), ("time/data_wait_s", mean_data),
                            ("time/step_s", mean_step), ("exchange/dp_allreduce_bytes", dp_bytes)):
                 w.add_scalar(tag, v, step)
@@ -204,7 +203,7 @@ class Metrics:
         _, seconds = self._left(step, epoch, step_in_epoch, steps)
         eta = sum(seconds) if seconds else 0.0
         print(f"epoch {epoch + 1}/{c.training.epochs} step {step_in_epoch}/{steps} (global {step}) | "
-              f"loss {loss_v:.4f} top1-err {top1:.3f} lr {lr:.1e} | {rate:.1f} img/s, data {mean_data:.2f}s, "
+              f"loss {loss:.4f} top1-err {top1:.3f} lr {lr:.1e} | {rate:.1f} img/s, data {mean_data:.2f}s, "
               f"step {mean_step:.2f}s | elapsed {_fmt_time(time.perf_counter() - self.start)} "
               f"ETA {_fmt_time(eta)} (validation included)", file=sys.stderr, flush=True)
 
