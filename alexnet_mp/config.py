@@ -219,6 +219,10 @@ class TrainingConfig(Section):
     """Keep images, weights and activations in channels_last memory format (faster convs on GPUs)."""
     compile: bool = False
     """Run the step's forward through ``torch.compile`` (graphs break at every exchange)."""
+    cuda_graph: bool = False
+    """Capture the whole step (forward, loss, backward, update) as one CUDA graph and replay it:
+    one process, the whole network on one GPU. Warm-up steps, a step at a new lr and a partial
+    batch run eagerly; the graph is captured again once a new lr holds (docs/training.md)."""
 
     def check(self) -> None:
         self.require("batch_size", self.batch_size >= 1, "a whole number >= 1")

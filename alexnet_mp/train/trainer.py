@@ -31,8 +31,9 @@ from ..data import build_eval_loader, build_train_loader, dataset_info, make_dat
 from ..data.device_source import synthetic_info
 from ..errors import ConfigError, UserError
 from ..model import AlexNet
-from ..parallel import Placement, place_column, place_columns, place_on_device
+from ..parallel import Placement, WholeNetwork, place_column, place_columns, place_on_device
 from . import checkpoint as ckpt
+from . import graph as step_graph
 from .distributed import Layout, setup, teardown
 from .evaluate import evaluate
 from .lock import RunLock
@@ -226,6 +227,13 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          weight_decay=o.weight_decay, fused=True)
         self.schedule = _schedule(cfg)
+        self.graph: step_graph.StepGraph | None = None
+        if t.cuda_graph:
+            why = step_graph.refusal(cuda=self.layout.devices[0].type == "cuda", distributed=self.layout.distributed,
+                                     whole=isinstance(self.model, WholeNetwork), compiled=t.compile)
+            if why:
+                raise ConfigError(why)
+            self.graph = step_graph.StepGraph(self._graph_body, self.optimizer, capture=step_graph.CudaCapture())
         self.position = Position()
         self.checkpoints = ckpt.Checkpointer(
             self.run_dir, placement=self.model, optimizer=self.optimizer, layout=self.layout,
@@ -348,23 +356,55 @@ class Trainer:
         """Forward, loss, backward, gradient sync and update, with no host synchronisation: the
         loss stays on the device until :meth:`flush` reads it. A non-finite loss on any rank
         skips this update and every later one on the device (fused SGD's ``found_inf``), and the
-        next :meth:`flush` stops the run: the weights stay those from before that step."""
+        next :meth:`flush` stops the run: the weights stay those from before that step.
+        With ``[training] cuda_graph`` the step is a replay of the captured one where it can be."""
         if self.cfg.training.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        timed = not self.metrics.estimated  # the forward is timed only for the run-length estimate
+        inject = self.cfg.debug.inject_nan_at_step == self.position.global_step + 1
+        if self.graph is None:
+            return self._eager_step(images, labels, inject=inject)
+        labels = labels.to(images.device, non_blocking=True)
+        graphed = None if inject else self.graph.step(images, labels)
+        if graphed is None:
+            with self.graph.eager():
+                return self._eager_step(images, labels, inject=inject)
+        loss, logits = graphed
+        self._forward_s = None
+        captures = self.graph.captures
+        if captures != getattr(self, "_captures_noted", 0):
+            self._captures_noted = captures
+            self.metrics.note(f"step {self.position.global_step + 1}: the step is captured as a CUDA graph at lr "
+                              f"{self.optimizer.param_groups[0]['lr']:g} (capture {captures})")
+        # the graph's outputs are overwritten by the next replay: keep a copy of the loss (on the device)
+        return loss.clone(), logits
+
+    def _eager_step(self, images: torch.Tensor, labels: torch.Tensor, *, inject: bool):
+        self._forward_s = None
+        # the forward is timed only while the run-length estimate wants it
+        return self._step_body(images, labels, inject=inject, timed=not self.metrics.estimated)
+
+    def _graph_body(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._step_body(images, labels, inject=False, timed=False)
+
+    def _step_body(self, images, labels, *, inject: bool, timed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step itself, eager or being captured: nothing in it waits for the device (but the
+        forward's timing, while the estimate wants it)."""
         t_forward = time.perf_counter()
-        with torch.autocast(**self.autocast):
+        # the weight-cast cache off: a cached cast would be a stale tensor in a graph's replay
+        with torch.autocast(**self.autocast, cache_enabled=False):
             logits = self.forward(images)
         loss = F.cross_entropy(logits.float(), labels.to(logits.device))
-        if self.cfg.debug.inject_nan_at_step == self.position.global_step + 1:
+        if inject:
             loss = loss * float("nan")
         if timed:
             _wait_for(logits.device)
-        self._forward_s = time.perf_counter() - t_forward if timed else None
+            self._forward_s = time.perf_counter() - t_forward
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
         if self.layout.distributed:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # queued on the device: the host does not wait
-        self._skip = bad if self._skip is None else torch.maximum(self._skip, bad)
+        if self._skip is None:
+            self._skip = torch.zeros_like(bad)
+        torch.maximum(self._skip, bad, out=self._skip)  # in place: a graph holds its address
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.found_inf = self._skip
