@@ -39,6 +39,7 @@ from ..errors import UserError
 from ..model import AlexNet
 from ..parallel import DIRECTIONS, ExchangeStats, Placement, place_columns, place_column
 from ..parallel.columns import merge_columns
+from ..parallel.devices import rank_device
 from ..parallel.spawn import run_workers
 
 SCHEMA = "alexnet-mp/verify/2"
@@ -129,10 +130,12 @@ def _stats_bytes(stats: ExchangeStats) -> dict[int, dict[str, dict[str, int]]]:
     return {c: {d: stats.bytes(c, d) for d in DIRECTIONS} for c in stats.columns()}
 
 
-def _worker(rank: int, world: int, case: Case, device_kind: str) -> dict[str, Any]:
-    """One column of the split across processes (runs in a spawned worker)."""
+def _worker(rank: int, world: int, case: Case, gpus: int) -> dict[str, Any]:
+    """One column of the split across processes (runs in a spawned worker); ``gpus``: 0 for the CPU."""
     _strict_fp32()
-    device = torch.device("cuda", rank) if device_kind == "cuda" else torch.device("cpu")
+    device = rank_device(rank, world, gpus).device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     split = place_column(reference(case, torch.device("cpu")), dist.group.WORLD, device)
     x, y = batch(case)
     logits, loss = step(split, x.to(device, case.torch_dtype), y)
@@ -220,10 +223,11 @@ def run(batch_size: int = 8, seed: int = 0, num_classes: int = 1000, *,
     del split
 
     if processes:
-        # NCCL needs one GPU per rank; with fewer than two GPUs the ranks talk over gloo on CPU.
-        kind = "cuda" if device == "cuda" and gpus >= 2 else "cpu"
-        results = run_workers(_worker, L.COLUMNS, (case, kind), backend="nccl" if kind == "cuda" else "gloo",
-                              threads=1 if kind == "cpu" else None)
+        # One GPU per rank: NCCL. Two ranks on one GPU: gloo with CUDA tensors (NCCL refuses).
+        gpus_used = gpus if device == "cuda" else 0
+        placed = rank_device(0, L.COLUMNS, gpus_used)
+        results = run_workers(_worker, L.COLUMNS, (case, gpus_used), backend=placed.backend,
+                              threads=None if gpus_used else 1)
         r0 = results[0]
         out = {"logits": r0["logits"], "loss": r0["loss"],
                "grads": {n: merge_columns([r["grads"][n] for r in results]) for n in r0["grads"]}}
@@ -282,7 +286,8 @@ def format_report(report: dict[str, Any]) -> str:
               help="Seed of the weights and the batch.")
 @click.option("--num-classes", type=int, default=1000, show_default=True, help="Outputs of fc8 (even).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when present. Across processes: NCCL with two GPUs, else gloo on CPU.")
+              help="auto: CUDA when present. Across processes: NCCL with a GPU per rank; two ranks sharing one "
+                   "GPU talk over gloo with CUDA tensors.")
 @click.option("--one-process-only", is_flag=True, help="Skip the run across two worker processes.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True,
               help=f"float64: the split in float64, rel <= {FLOAT64_TOLERANCE:g}. float32: the split in fp32, "

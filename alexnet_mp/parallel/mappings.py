@@ -19,9 +19,45 @@ import torch
 import torch.distributed as dist
 
 # torch 2.14 renamed the tensor collectives; the old names remain as deprecated aliases.
-all_gather_dim0 = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-"""``all_gather_into_tensor`` under its current name: the world stacked into dim 0."""
-reduce_scatter_dim0 = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def needs_host_staging(t: torch.Tensor, group: dist.ProcessGroup | None) -> bool:
+    """gloo all-reduces and broadcasts CUDA tensors but neither all-gathers nor reduce-scatters
+    them: with gloo on a GPU (two ranks sharing one, where NCCL refuses) those go through host memory."""
+    return t.device.type != "cpu" and dist.get_backend(group) == "gloo"
+
+
+class _Done:
+    """The handle of a collective that already finished (``async_op=True`` on a staged one)."""
+
+    def wait(self, timeout=None) -> bool:
+        return True
+
+    def is_completed(self) -> bool:
+        return True
+
+
+def all_gather_dim0(out: torch.Tensor, input_: torch.Tensor, *, group=None, async_op: bool = False):
+    """``all_gather_into_tensor``: the world stacked into dim 0 (staged through the host when needed)."""
+    if not needs_host_staging(input_, group):
+        return _all_gather(out, input_, group=group, async_op=async_op)
+    host = torch.empty(out.shape, dtype=out.dtype)
+    _all_gather(host, input_.cpu(), group=group)
+    out.copy_(host)
+    return _Done() if async_op else None
+
+
+def reduce_scatter_dim0(out: torch.Tensor, input_: torch.Tensor, *, op=dist.ReduceOp.SUM, group=None,
+                        async_op: bool = False):
+    """``reduce_scatter_tensor`` of dim 0 (staged through the host when needed)."""
+    if not needs_host_staging(input_, group):
+        return _reduce_scatter(out, input_, op=op, group=group, async_op=async_op)
+    host = torch.empty(out.shape, dtype=out.dtype)
+    _reduce_scatter(host, input_.cpu(), op=op, group=group)
+    out.copy_(host)
+    return _Done() if async_op else None
 
 
 # gloo and NCCL want the world stacked into dim 0, (W*B, C, ...); the layers want the columns'

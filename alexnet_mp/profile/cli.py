@@ -29,7 +29,8 @@ def _names(strategy: str | None, compare: str | None) -> list[str]:
 @click.option("--steps", type=int, default=5, show_default=True, help="Timed steps (times are medians).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed steps before them.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA (NCCL, one GPU per rank) when there are enough GPUs, else CPU (gloo).")
+              help="auto: CUDA (NCCL, one GPU per rank) when there are enough GPUs, else CPU (gloo). "
+                   "cuda with fewer GPUs than ranks: ranks share a GPU over gloo.")
 @click.option("--data", default="synthetic", show_default=True, metavar="synthetic|DIR",
               help="Random tensors of the right shape, or an ImageNet-style folder (train/<class>/*.jpg).")
 @click.option("--num-classes", type=int, default=1000, show_default=True, help="Outputs of fc8 (even).")

@@ -21,6 +21,7 @@ from .. import layers as L
 from ..config import Section
 from ..errors import UserError
 from ..parallel import DIRECTIONS
+from ..parallel.devices import rank_device
 from ..parallel.spawn import run_workers
 from . import analytic, data, strategies
 from .measure import RankProfiler, RunSpec
@@ -81,7 +82,7 @@ def under_torchrun() -> bool:
 
 
 def resolve_device(cfg: ProfileConfig, gpus: int | None = None) -> str:
-    """``cpu`` or ``cuda`` for this run; ``--device cuda`` without enough GPUs is a UserError."""
+    """``cpu`` or ``cuda`` for this run; ``--device cuda`` without CUDA is a UserError."""
     if gpus is None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     needed = max(strategies.get(n).processes for n in cfg.strategies)
@@ -92,18 +93,26 @@ def resolve_device(cfg: ProfileConfig, gpus: int | None = None) -> str:
     if cfg.device == "cuda" and gpus == 0:
         raise UserError("--device cuda was asked for, but CUDA is not available here "
                         f"(torch {torch.__version__}); use --device cpu, or auto.")
-    if cfg.device == "cuda" and gpus < needed:
-        raise UserError(f"--device cuda: the strategies {', '.join(cfg.strategies)} need {needed} GPUs on this "
-                        f"node (NCCL drives one GPU per rank) and {gpus} is visible; use --device cpu, profile "
-                        "--strategy single, or launch with torchrun across nodes.")
+    # --device cuda with fewer GPUs than ranks: the ranks share them over gloo (parallel/devices.py)
     return cfg.device
+
+
+def _gpus(device_kind: str) -> int:
+    return torch.cuda.device_count() if device_kind == "cuda" else 0
+
+
+def _torchrun_device(device_kind: str):
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return rank_device(local, int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)), _gpus(device_kind))
 
 
 # --- one rank --------------------------------------------------------------------------
 
 def _worker(rank: int, world: int, name: str, spec: RunSpec, device_kind: str) -> dict:
     """A spawned rank of strategy ``name`` (module-level so spawn can import it)."""
-    device = torch.device("cuda", rank) if device_kind == "cuda" else torch.device("cpu")
+    device = rank_device(rank, world, _gpus(device_kind)).device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     strategy = strategies.get(name)
     ctx = RankContext(rank=rank, world=world, group=dist.group.WORLD, device=device,
                       num_classes=spec.num_classes, seed=spec.seed, overlap=spec.overlap)
@@ -111,7 +120,7 @@ def _worker(rank: int, world: int, name: str, spec: RunSpec, device_kind: str) -
 
 
 def _spawned(strategy: Strategy, spec: RunSpec, device_kind: str) -> tuple[list[dict], str]:
-    backend = "nccl" if device_kind == "cuda" else "gloo"
+    backend = rank_device(0, strategy.processes, _gpus(device_kind)).backend  # gloo where ranks share a GPU
     threads = strategy.threads(spec.cpu_threads) if device_kind == "cpu" else None
     return run_workers(_worker, strategy.processes, (strategy.name, spec, device_kind),
                        backend=backend, threads=threads), backend
@@ -127,8 +136,7 @@ def _in_torchrun(strategy: Strategy, spec: RunSpec, device_kind: str) -> tuple[l
     group = dist.new_group(members) if strategy.processes < world else dist.group.WORLD
     result = None
     if rank in members:
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        device = torch.device("cuda", local) if device_kind == "cuda" else torch.device("cpu")
+        device = _torchrun_device(device_kind).device
         threads = torch.get_num_threads()
         if device_kind == "cpu":
             torch.set_num_threads(strategy.threads(spec.cpu_threads))
@@ -257,9 +265,10 @@ def run(cfg: ProfileConfig) -> dict | None:
     device = resolve_device(cfg)
     owned = torchrun and not dist.is_initialized()
     if owned:
+        placed = _torchrun_device(device)
         if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+            torch.cuda.set_device(placed.device)
+        dist.init_process_group(placed.backend)
     try:
         return _run(cfg, device, torchrun)
     finally:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, DistributedError
 from ..layers import COLUMNS
+from ..parallel.devices import RankDevice, rank_device
 
 
 @dataclass(slots=True)
@@ -43,6 +44,8 @@ class Layout:
     control_group: dist.ProcessGroup | None = None
     """Host flags (stop signals, errors) agree over this CPU (gloo) group; None: the default
     group, already gloo. With NCCL a flag on a CUDA tensor would make the host wait for the GPU."""
+    placed: RankDevice | None = None
+    """This rank's device and backend (:func:`~alexnet_mp.parallel.devices.rank_device`); None in one process."""
 
     @property
     def distributed(self) -> bool:
@@ -58,7 +61,8 @@ class Layout:
             return f"one process holds both columns ({where})"
         return (f"world {self.world_size} = {self.dp_size} data-parallel x {COLUMNS} columns, mesh ('dp', 'mp') "
                 f"= ({self.dp_size}, {COLUMNS}), backend {self.backend}, this rank: column "
-                f"{self.rank % COLUMNS} of replica {self.dp_rank} on {self.devices[0]}")
+                f"{self.rank % COLUMNS} of replica {self.dp_rank} on "
+                f"{self.placed.describe() if self.placed else self.devices[0]}")
 
 
 def _want_cuda(device: str) -> bool:
@@ -90,12 +94,11 @@ def setup(device: str = "auto", data_parallel: int = 0) -> Layout:
                           f"give {dp} replicas of {COLUMNS} columns. Set it to {dp} or 0 (derive it).")
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if cuda else "gloo"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    placed = rank_device(local_rank, local_world, torch.cuda.device_count() if cuda else 0)
+    backend, dev = placed.backend, placed.device
     if cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
+        torch.cuda.set_device(dev)
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     owns_group = not dist.is_initialized()
     if owns_group:
@@ -110,7 +113,7 @@ def setup(device: str = "auto", data_parallel: int = 0) -> Layout:
     control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     return Layout(rank=rank, world_size=world, dp_rank=mesh.get_local_rank("dp"), dp_size=dp,
                   mp_group=mesh.get_group("mp"), dp_group=mesh.get_group("dp"), devices=[dev], backend=backend,
-                  attempt=attempt, mesh=mesh, owns_group=owns_group, control_group=control)
+                  attempt=attempt, mesh=mesh, owns_group=owns_group, control_group=control, placed=placed)
 
 
 _listeners: list[socket.socket] = []

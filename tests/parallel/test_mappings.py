@@ -57,7 +57,11 @@ def test_the_mean_of_identical_copies_is_exact_and_halves_each_gradient():
     assert all(torch.equal(c.grad, torch.full((2, 6), 0.5)) for c in copies)
 
 
-def _worker(rank, world):
+def _worker(rank, world, staged=False):
+    if staged:  # as with CUDA tensors on gloo: every all-gather and reduce-scatter through host copies
+        from alexnet_mp.parallel import mappings
+
+        mappings.needs_host_staging = lambda t, group: True
     parts, weights = parts_and_weights()
     mine = parts[rank].clone().requires_grad_()
     full = gather_from_columns(mine, dist.group.WORLD)
@@ -70,9 +74,10 @@ def _worker(rank, world):
 
 
 @pytest.mark.multiprocess
-def test_process_group_gathers_forward_backward():
+@pytest.mark.parametrize("staged", [False, True], ids=["direct", "staged-through-host"])
+def test_process_group_gathers_forward_backward(staged):
     full_ref, grads_ref = unsplit()
-    results = run_workers(_worker, 2, threads=1)
+    results = run_workers(_worker, 2, (staged,), threads=1)
     all_logits = torch.cat([torch.randn(2, 3, generator=torch.Generator().manual_seed(r)) for r in (0, 1)], dim=1)
     for rank, (full, grad, logits, logit_grad) in enumerate(results):
         assert torch.equal(full, full_ref)
@@ -85,3 +90,52 @@ def test_process_group_gathers_forward_backward():
 def test_a_group_of_one_is_the_identity():
     x = torch.randn(2, 3)
     assert gather_from_columns(x, None) is x and gather_logits(x, None) is x
+
+
+def _async_worker(rank, world):
+    from alexnet_mp.parallel import mappings
+
+    mappings.needs_host_staging = lambda t, group: True
+    part = torch.full((1, 2), float(rank))
+    out = torch.empty(2, 2)
+    work = mappings.all_gather_dim0(out, part, group=dist.group.WORLD, async_op=True)
+    work.wait()  # the overlap path's handle; staged, it is already done
+    grad = torch.empty(1, 2)
+    mappings.reduce_scatter_dim0(grad, torch.ones(2, 2) * (rank + 1), group=dist.group.WORLD, async_op=True).wait()
+    return out, grad
+
+
+@pytest.mark.multiprocess
+def test_staged_collectives_keep_the_async_handle():
+    for out, grad in run_workers(_async_worker, 2, threads=1):
+        assert torch.equal(out, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        assert torch.equal(grad, torch.full((1, 2), 3.0))  # 1 + 2
+
+
+def test_host_staging_only_for_device_tensors_on_gloo(monkeypatch):
+    from alexnet_mp.parallel import mappings
+
+    backend = {"name": "gloo"}
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend["name"])
+    meta = torch.empty(2, device="meta")  # stands in for a CUDA tensor: any device that is not the CPU
+    assert mappings.needs_host_staging(meta, None) and not mappings.needs_host_staging(torch.empty(2), None)
+    backend["name"] = "nccl"
+    assert not mappings.needs_host_staging(meta, None)
+
+
+def test_ranks_take_gpus_round_robin_and_share_one_over_gloo():
+    from alexnet_mp.parallel.devices import rank_device
+
+    cpu = rank_device(1, 2, 0)
+    assert (cpu.device, cpu.backend, cpu.sharing) == (torch.device("cpu"), "gloo", 0)
+    own = [rank_device(r, 2, 2) for r in range(2)]
+    assert [d.device.index for d in own] == [0, 1] and {d.backend for d in own} == {"nccl"}
+    shared = [rank_device(r, 2, 1) for r in range(2)]  # the two columns on one GPU: NCCL refuses that
+    assert [str(d.device) for d in shared] == ["cuda:0", "cuda:0"] and {d.backend for d in shared} == {"gloo"}
+    assert shared[0].sharing == 2 and "shared by 2 ranks" in shared[0].describe()
+    four = [rank_device(r, 4, 2) for r in range(4)]  # two replicas of the pair on two GPUs
+    assert [d.device.index for d in four] == [0, 1, 0, 1] and all(d.sharing == 2 for d in four)
+    three = [rank_device(r, 3, 2) for r in range(3)]
+    assert [d.sharing for d in three] == [2, 1, 2]
+    with pytest.raises(ValueError, match="local rank 2"):
+        rank_device(2, 2, 1)
