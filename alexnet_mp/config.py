@@ -138,6 +138,9 @@ class ModelConfig(Section):
     """``fast`` (fused Triton kernels on CUDA, shifted adds elsewhere), ``eager`` (shifted adds),
     ``triton`` (the fused kernels), all exact with an analytic backward; or ``torch``
     (``nn.LocalResponseNorm``, the yardstick)."""
+    fused_relu_lrn_pool: bool = False
+    """Run ReLU, the LRN and the max-pool after conv1 and conv2 as one Triton kernel each way
+    where the LRN runs Triton's (CUDA); off until measured on a GPU (docs/benchmarks.md)."""
     init: Literal["paper", "kaiming"] = "paper"
     """``paper`` (N(0, 0.01^2), biases 1 in conv2/4/5, fc6/7) or ``kaiming`` (He-normal, zero biases)."""
 

@@ -10,7 +10,9 @@ process with the same total threads, and the scaling efficiency (one process on 
 twice the split's step).
 
 Variants: the single-device AlexNet with the default LRN (``fast``: fused Triton kernels
-on CUDA, shifted adds on the CPU), with the shifted-add LRN forced (``eager``) and with
+on CUDA, shifted adds on the CPU), the same with ReLU + LRN + max-pool as one fused Triton
+kernel each way (``alexnet-fused``, alexnet_mp/model/relu_lrn_pool_triton.py; on the CPU
+the same as ``alexnet-fast-lrn``), with the shifted-add LRN forced (``eager``) and with
 nn.LocalResponseNorm; both columns in one process, column by column (``split-one-process``); and
 torchvision's alexnet (the 2014 one-device network, for scale). On CUDA each runs in fp32,
 in bf16 autocast with channels_last, and in bf16 + channels_last with the whole step
@@ -42,6 +44,8 @@ from alexnet_mp.parallel import split_in_one_process  # noqa: E402
 def build(name: str, device: torch.device, classes: int):
     if name == "alexnet-fast-lrn":
         return AlexNet(classes).to(device)
+    if name == "alexnet-fused":
+        return AlexNet(classes, fused_relu_lrn_pool=True).to(device)
     if name == "alexnet-eager-lrn":
         return AlexNet(classes, lrn_impl="eager").to(device)
     if name == "alexnet-torch-lrn":
@@ -181,8 +185,9 @@ def main() -> None:
     p.add_argument("--hybrid", action="store_true",
                    help="CPU: also 2 replicas x 2 columns (4 processes), gradients averaged by DDP on the dp group")
     p.add_argument("--variants",
-                   default="alexnet-fast-lrn,alexnet-eager-lrn,alexnet-torch-lrn,split-one-process,torchvision-alexnet",
-                   help="comma-separated subset (torchvision-alexnet is the yardstick and always runs)")
+                   help="comma-separated subset of alexnet-fast-lrn, alexnet-fused, alexnet-eager-lrn, "
+                        "alexnet-torch-lrn, split-one-process, torchvision-alexnet (the yardstick, always runs); "
+                        "default all but alexnet-fused, which is added on CUDA (on the CPU it is alexnet-fast-lrn)")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat everything this many times, the order rotated, and report medians of the "
                         "per-round figures and ratios (CPU: use 3 on a shared box)")
@@ -191,7 +196,9 @@ def main() -> None:
     device = torch.device(a.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    names = [n for n in a.variants.split(",") if n != "torchvision-alexnet"] + ["torchvision-alexnet"]
+    variants = a.variants or ("alexnet-fast-lrn," + ("alexnet-fused," if device.type == "cuda" else "")
+                              + "alexnet-eager-lrn,alexnet-torch-lrn,split-one-process,torchvision-alexnet")
+    names = [n for n in variants.split(",") if n != "torchvision-alexnet"] + ["torchvision-alexnet"]
     modes = [dict()]
     if device.type == "cuda":
         known = {"fp32": dict(), "bf16": dict(bf16=True, channels_last=True),

@@ -4,6 +4,6 @@ Nothing here knows about devices or processes; :mod:`alexnet_mp.parallel` places
 """
 
 from .alexnet import AlexNet, Network, run
-from .lrn import ColumnLRN
+from .lrn import ColumnLRN, ReluLRNPool
 
-__all__ = ["AlexNet", "ColumnLRN", "Network", "run"]
+__all__ = ["AlexNet", "ColumnLRN", "Network", "ReluLRNPool", "run"]

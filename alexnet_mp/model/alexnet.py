@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import layers as L
-from .lrn import ColumnLRN
+from .lrn import ColumnLRN, relu_lrn_pool
 
 Init = Literal["paper", "kaiming"]
 LRNImpl = Literal["fast", "eager", "triton", "torch"]
@@ -33,10 +33,17 @@ Network = Generator[tuple[str, torch.Tensor], torch.Tensor, torch.Tensor]
 
 
 class AlexNet(nn.Module):
-    """The two-column AlexNet of 2012 (60,965,224 parameters with 1000 classes)."""
+    """The two-column AlexNet of 2012 (60,965,224 parameters with 1000 classes).
+
+    ``fused_relu_lrn_pool=True`` runs ReLU, LRN and max-pool after conv1 and conv2 as one fused
+    Triton kernel each way where ``lrn_impl`` picks Triton (``"fast"`` on CUDA, ``"triton"``),
+    else as the three modules in a row (always on the CPU). Off by default until it is measured
+    on a GPU (docs/benchmarks.md); see :func:`alexnet_mp.model.lrn.relu_lrn_pool`.
+    """
 
     def __init__(self, num_classes: int = 1000, *, dropout: float = 0.5, lrn_alpha: float = L.LRN.alpha,
-                 lrn_impl: LRNImpl = "fast", init: Init = "paper", columns: int = L.COLUMNS) -> None:
+                 lrn_impl: LRNImpl = "fast", init: Init = "paper", columns: int = L.COLUMNS,
+                 fused_relu_lrn_pool: bool = False) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -45,6 +52,7 @@ class AlexNet(nn.Module):
         if columns not in (1, L.COLUMNS):
             raise ValueError(f"an AlexNet holds one column or all {L.COLUMNS}, not {columns}")
         self.num_classes, self.columns, self.init = num_classes, columns, init
+        self.fused_relu_lrn_pool = fused_relu_lrn_pool
         self.shapes = L.shapes(num_classes)
         for s in self.shapes:  # conv1 … fc8, registered in the table's order
             self.add_module(s.layer.name, _weight_layer(s, columns))
@@ -55,8 +63,9 @@ class AlexNet(nn.Module):
 
     def network(self, x: torch.Tensor) -> Network:
         """Figure 2: each ``yield`` is a place where the two columns meet."""
-        x = self.pool(self.lrn(F.relu(self.conv1(x))))
-        x = self.pool(self.lrn(F.relu(self.conv2(x))))
+        # pool(lrn(relu(.))), fused into one kernel each way where the LRN would run Triton's
+        x = relu_lrn_pool(self.conv1(x), self.lrn, self.pool, fuse=self.fused_relu_lrn_pool)
+        x = relu_lrn_pool(self.conv2(x), self.lrn, self.pool, fuse=self.fused_relu_lrn_pool)
         x = yield "conv3", x
         x = F.relu(self.conv3(x))
         x = F.relu(self.conv4(x))

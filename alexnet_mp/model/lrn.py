@@ -16,6 +16,12 @@ dx = g*r - 2*alpha*beta * x * window_sum(g*x*r/d), r = d^-beta (alpha on the sum
   ``"eager"``; inside ``torch.compile`` always ``"eager"``, which the compiler fuses itself;
 * ``"torch"``: the stock ``nn.LocalResponseNorm`` per column, kept as the yardstick.
 
+After conv1 and conv2 the network applies ReLU, this LRN and the 3x3/2 max-pool in a row:
+:func:`relu_lrn_pool` (and the module :class:`ReluLRNPool`) runs the three as one Triton
+kernel each way (:mod:`alexnet_mp.model.relu_lrn_pool_triton`) where the LRN's ``impl``
+would pick Triton (``"fast"`` on CUDA, ``"triton"`` always), and otherwise exactly
+``pool(lrn(relu(x)))``.
+
 Measured gains are in docs/benchmarks.md.
 """
 
@@ -25,9 +31,12 @@ import functools
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module
+from torch.nn.modules.utils import _pair
 
-from ..layers import LRN
+from ..layers import LRN, POOL_KERNEL, POOL_STRIDE
 
 IMPLS = ("fast", "eager", "triton", "torch")
 
@@ -40,6 +49,16 @@ def _triton_lrn():
     except ImportError:
         return None
     return TritonLRN
+
+
+@functools.cache
+def _triton_relu_lrn_pool():
+    """The fused ReLU + LRN + max-pool autograd Function, or None when Triton cannot be imported."""
+    try:
+        from .relu_lrn_pool_triton import TritonReluLRNPool
+    except ImportError:
+        return None
+    return TritonReluLRNPool
 
 
 def _window_sum(t: torch.Tensor, half: int) -> torch.Tensor:
@@ -135,3 +154,60 @@ class ColumnLRN(nn.Module):
     def extra_repr(self) -> str:
         return (f"groups={self.groups}, size={self.size}, alpha={self.alpha} (on the sum), "
                 f"beta={self.beta}, k={self.k}, impl={self.impl}")
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward or backward hook would see these modules' (or any module's) calls."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    if any(getattr(_module, "_global" + name, None) for name in hooks):
+        return True
+    return any(getattr(m, name, None) for m in modules for name in hooks)
+
+
+def _is_fusable_pool(pool: nn.Module) -> bool:
+    """``pool`` is exactly what the fused kernel implements: nn.MaxPool2d(3, 2), floor mode."""
+    return (type(pool) is nn.MaxPool2d and _pair(pool.kernel_size) == (POOL_KERNEL, POOL_KERNEL)
+            and _pair(pool.stride) == (POOL_STRIDE, POOL_STRIDE) and _pair(pool.padding) == (0, 0)
+            and _pair(pool.dilation) == (1, 1) and not pool.ceil_mode and not pool.return_indices)
+
+
+def fuses(x: torch.Tensor, lrn: nn.Module, pool: nn.Module) -> bool:
+    """Whether :func:`relu_lrn_pool` runs the fused kernel for this input: the LRN's ``impl`` is
+    ``"triton"``, or ``"fast"`` with a CUDA tensor that is not float64 outside torch.compile;
+    ``lrn`` is a :class:`ColumnLRN` and ``pool`` the paper's pool, neither hooked (a hook
+    sees the separate ops' tensors); the input is a batch of maps at least 3x3."""
+    if type(lrn) is not ColumnLRN or not _is_fusable_pool(pool):
+        return False
+    if x.dim() != 4 or x.shape[2] < POOL_KERNEL or x.shape[3] < POOL_KERNEL or _hooked(lrn, pool):
+        return False
+    if lrn.impl == "triton":
+        return _triton_relu_lrn_pool() is not None
+    return (lrn.impl == "fast" and x.is_cuda and x.dtype != torch.float64 and not torch.compiler.is_compiling()
+            and _triton_relu_lrn_pool() is not None)
+
+
+def relu_lrn_pool(x: torch.Tensor, lrn: nn.Module, pool: nn.Module, *, fuse: bool = True) -> torch.Tensor:
+    """``pool(lrn(relu(x)))``: one fused Triton kernel each way where :func:`fuses` says so
+    (and ``fuse``), else exactly the three modules in a row. ``lrn`` and ``pool`` are read at
+    each call, so a network whose ``lrn`` is replaced or regrouped runs what it now holds."""
+    if fuse and fuses(x, lrn, pool):
+        if x.shape[1] % lrn.groups:
+            raise ValueError(f"{x.shape[1]} channels do not split into {lrn.groups} columns")
+        return _triton_relu_lrn_pool().apply(x, lrn.groups, lrn.size, lrn.alpha, lrn.beta, lrn.k)
+    return pool(lrn(F.relu(x)))
+
+
+class ReluLRNPool(nn.Module):
+    """ReLU, the column LRN and the paper's overlapping max-pool (3x3, stride 2) as one module:
+    :func:`relu_lrn_pool` over its own ``lrn`` (a :class:`ColumnLRN`, with the same ``impl``
+    choices) and ``pool``. It holds no parameters."""
+
+    def __init__(self, groups: int = 1, *, size: int = LRN.size, alpha: float = LRN.alpha,
+                 beta: float = LRN.beta, k: float = LRN.k,
+                 impl: Literal["fast", "eager", "triton", "torch"] = "fast") -> None:
+        super().__init__()
+        self.lrn = ColumnLRN(groups, size=size, alpha=alpha, beta=beta, k=k, impl=impl)
+        self.pool = nn.MaxPool2d(POOL_KERNEL, POOL_STRIDE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return relu_lrn_pool(x, self.lrn, self.pool)

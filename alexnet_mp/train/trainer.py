@@ -131,7 +131,8 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> Placement:
     """The whole network from the run's seed (the same on every rank), placed as the layout says."""
     torch.manual_seed(cfg.job.seed)
     m = cfg.model
-    net = AlexNet(num_classes, dropout=m.dropout, lrn_alpha=m.lrn_alpha, lrn_impl=m.lrn_impl, init=m.init)
+    net = AlexNet(num_classes, dropout=m.dropout, lrn_alpha=m.lrn_alpha, lrn_impl=m.lrn_impl, init=m.init,
+                  fused_relu_lrn_pool=m.fused_relu_lrn_pool)
     p = cfg.parallelism
     if layout.distributed:
         return place_column(net, layout.mp_group, layout.devices[0], overlap=p.overlap)
@@ -207,6 +208,8 @@ class Trainer:
         self.num_classes = num_classes
         self.model = build_model(cfg, self.layout, num_classes)
         t = cfg.training
+        if self.layout.devices[0].type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once per layer
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         step_module: torch.nn.Module = self.model
