@@ -18,10 +18,12 @@ class DataConfig(Section):
     SECTION: ClassVar[str] = "data"
     path: str = "data/synthetic"
     """Dataset root holding ``train/<class>/*.jpg`` and ``val/<class>/*.jpg``."""
-    loader: Literal["dali", "torchvision"] = "dali"
-    """``"dali"`` (NVIDIA DALI) or ``"torchvision"`` (a ``DataLoader``, for comparison)."""
+    loader: Literal["dali", "torchvision", "nvjpeg"] = "dali"
+    """``"dali"`` (NVIDIA DALI; without it installed: ``"nvjpeg"`` when decoding on a GPU, else
+    ``"torchvision"``), ``"torchvision"`` (a ``DataLoader`` decoding on the CPU) or ``"nvjpeg"``
+    (whole batches decoded by ``torchvision.io.decode_jpeg`` on the GPU and augmented there)."""
     decode_device: Literal["auto", "cpu", "gpu"] = "auto"
-    """DALI decoding: ``"auto"`` (GPU ``mixed`` when CUDA is present, else CPU), ``"cpu"``, ``"gpu"``."""
+    """DALI and nvJPEG decoding: ``"auto"`` (on the GPU when CUDA is present, else CPU), ``"cpu"``, ``"gpu"``."""
     torchvision_decoder: Literal["pil", "decode_jpeg"] = "pil"
     """The torchvision path's decoder: ``"pil"`` or ``"decode_jpeg"`` (``torchvision.io``)."""
     threads: int = 2

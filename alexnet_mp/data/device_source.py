@@ -51,16 +51,28 @@ def augment(pixels: torch.Tensor, offsets, mirror, shift, stats: ColorStats) -> 
     dev = pixels.device
     b = pixels.shape[0]
     ramp = torch.arange(CROP, device=dev)
-    off = torch.as_tensor(np.asarray(offsets), device=dev)
-    flip = torch.as_tensor(np.asarray(mirror), device=dev).bool()
+    off = torch.as_tensor(offsets if torch.is_tensor(offsets) else np.asarray(offsets), device=dev)
+    flip = torch.as_tensor(mirror if torch.is_tensor(mirror) else np.asarray(mirror), device=dev).bool()
     rows = off[:, :1] + ramp  # (B, 224)
     cols = off[:, 1:] + torch.where(flip[:, None], CROP - 1 - ramp, ramp)
     crops = pixels[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
                    rows[:, None, :, None], cols[:, None, None, :]]
-    mean = torch.tensor(stats.mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(stats.std, device=dev).view(1, 3, 1, 1)
-    light = torch.as_tensor(np.asarray(shift), dtype=torch.float32, device=dev).view(b, 3, 1, 1)
+    mean, std = _stats_on(stats, dev)
+    light = torch.as_tensor(shift if torch.is_tensor(shift) else np.asarray(shift), dtype=torch.float32,
+                            device=dev).view(b, 3, 1, 1)
     return (crops.float() / 255.0 + light - mean) / std
+
+
+_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _stats_on(stats: ColorStats, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std as (1, 3, 1, 1) tensors on ``dev``, uploaded once (not per batch)."""
+    key = (tuple(stats.mean), tuple(stats.std), str(dev))
+    if key not in _STATS:
+        _STATS[key] = (torch.tensor(stats.mean, device=dev).view(1, 3, 1, 1),
+                       torch.tensor(stats.std, device=dev).view(1, 3, 1, 1))
+    return _STATS[key]
 
 
 class DeviceBatches:
@@ -71,11 +83,16 @@ class DeviceBatches:
         self.offsets, self.mirror, self.shift, self.stats, self.batch = offsets, mirror, shift, stats, batch_size
 
     def __iter__(self):
+        # The epoch's plan goes to the device once, here: a copy from pageable host memory per
+        # batch would make the host wait for the GPU's queue to drain, every step.
         dev = self.pixels.device
-        for s in range(0, len(self.idx), self.batch):
-            sel = torch.as_tensor(self.idx[s:s + self.batch], device=dev)
-            yield (augment(self.pixels[sel], self.offsets[s:s + self.batch], self.mirror[s:s + self.batch],
-                           self.shift[s:s + self.batch], self.stats), self.labels[sel])
+        idx, offsets, mirror, shift = (torch.as_tensor(np.asarray(a)).to(dev)
+                                       for a in (self.idx, self.offsets, self.mirror, self.shift))
+        shift = shift.float()
+        for s in range(0, len(idx), self.batch):
+            sel = idx[s:s + self.batch]
+            yield (augment(self.pixels[sel], offsets[s:s + self.batch], mirror[s:s + self.batch],
+                           shift[s:s + self.batch], self.stats), self.labels[sel])
 
 
 class DeviceEvalBatches:

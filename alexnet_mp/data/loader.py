@@ -69,7 +69,7 @@ def _gather(mp_group, parts: int):
 def _default_device(cfg: DataConfig, device):
     if device is not None:
         return torch.device(device)
-    if cfg.loader == "dali" and cfg.decode_device == "gpu" and torch.cuda.is_available():
+    if cfg.loader in ("dali", "nvjpeg") and cfg.decode_device == "gpu" and torch.cuda.is_available():
         return torch.device("cuda")
     return None
 
@@ -82,38 +82,71 @@ def dali_available() -> bool:
 
 
 _fallback_noted = False
+_cpu_nvjpeg_noted = False
 
 
-def effective_loader(cfg: DataConfig) -> str:
-    """``cfg.loader``, except that ``"dali"`` without DALI installed falls back to the torchvision
-    loader (the same per-sample plan, so the batches and exact resume are the same), said once."""
+def gpu_decoding(cfg: DataConfig, device=None) -> bool:
+    """Whether ``cfg`` decodes on a GPU for output ``device`` (``None``: wherever decoding puts it):
+    ``decode_device`` is not ``"cpu"``, CUDA is present and ``device`` is not a CPU."""
+    wants_gpu = device is None or torch.device(device).type == "cuda"
+    return cfg.decode_device != "cpu" and wants_gpu and torch.cuda.is_available()
+
+
+def effective_loader(cfg: DataConfig, device=None) -> str:
+    """``cfg.loader``, except that ``"dali"`` without DALI installed falls back, said once: to the
+    ``"nvjpeg"`` loader (batched ``torchvision.io.decode_jpeg`` on the GPU) when it would decode on a
+    GPU (:func:`gpu_decoding`), else to the torchvision loader. Both apply the same per-sample plan,
+    so the batches follow the same plan and exact resume holds."""
     global _fallback_noted
     if cfg.loader == "dali" and not dali_available():
+        gpu = gpu_decoding(cfg, device)
         if not _fallback_noted:
-            log.warning("[data] loader = \"dali\" but NVIDIA DALI is not installed here; decoding with the "
-                        "torchvision loader instead (pip install nvidia-dali-cuda120 for DALI).")
+            instead = ("decoding whole batches on the GPU with torchvision.io.decode_jpeg (nvJPEG) instead, the "
+                       "augmentation on the GPU too" if gpu else "decoding with the torchvision loader instead")
+            log.warning(f"[data] loader = \"dali\" but NVIDIA DALI is not installed here; {instead} "
+                        "(pip install nvidia-dali-cuda120 for DALI).")
             _fallback_noted = True
-        return "torchvision"
+        return "nvjpeg" if gpu else "torchvision"
     return cfg.loader
+
+
+def _nvjpeg_device(cfg: DataConfig, device) -> torch.device:
+    """Where the nvJPEG loader decodes: the GPU of ``device`` (or the current one), or the CPU."""
+    global _cpu_nvjpeg_noted
+    if cfg.decode_device == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("[data] decode_device = \"gpu\" but CUDA is not available; use \"auto\" or \"cpu\".")
+    if gpu_decoding(cfg, device):
+        return torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+    if cfg.decode_device == "auto" and not _cpu_nvjpeg_noted:
+        log.warning("[data] loader = \"nvjpeg\" decodes on the CPU here (no CUDA, or the batches are wanted on "
+                    "the CPU): libjpeg-turbo in one thread, slow; loader = \"torchvision\" decodes in worker processes.")
+        _cpu_nvjpeg_noted = True
+    return torch.device("cpu")
 
 
 def _make_inner(cfg, split, idx, *, offsets, mirror, shift, stats, batch_size, device, ten_crop):
     """The loader for dataset indices ``idx`` (in order) with their per-sample parameters."""
     files = [split.files[i] for i in idx]
     labels, sizes = split.labels[idx], split.sizes[idx]
-    if effective_loader(cfg) == "dali":
+    which = effective_loader(cfg, device)
+    if which == "dali":
         from .dali import DaliBatches, dali_params, gpu_device_id
 
         if cfg.decode_device == "gpu" and not torch.cuda.is_available():
             raise ConfigError("[data] decode_device = \"gpu\" but CUDA is not available; use \"auto\" or \"cpu\".")
         device_id = None
-        wants_gpu = device is None or torch.device(device).type == "cuda"
-        if cfg.decode_device != "cpu" and torch.cuda.is_available() and wants_gpu:
+        if gpu_decoding(cfg, device):
             device_id = gpu_device_id(device if device is not None else "cuda")  # "mixed" decoding
         params = dali_params(sizes, mirror, offsets, shift, stats, ten_crop=ten_crop)
         return DaliBatches(files=files, labels=labels, params=params, batch_size=batch_size, threads=max(1, cfg.threads),
                            prefetch=cfg.prefetch, device_id=device_id, ten_crop=ten_crop,
                            std255=255.0 * np.asarray(stats.std))
+    if which == "nvjpeg":
+        from .nvjpeg import NvjpegBatches
+
+        return NvjpegBatches(files=files, labels=labels, sizes=sizes, offsets=offsets, mirror=mirror, shift=shift,
+                             stats=stats, batch_size=batch_size, threads=cfg.threads, prefetch=cfg.prefetch,
+                             device=_nvjpeg_device(cfg, device), ten_crop=ten_crop)
     from .torchvision_loader import PlannedImages, TorchvisionBatches
 
     dataset = PlannedImages(files=files, labels=labels, sizes=sizes, offsets=offsets, mirror=mirror, shift=shift,

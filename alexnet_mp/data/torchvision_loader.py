@@ -32,6 +32,23 @@ def _decode(path: str, decoder: str) -> torch.Tensor:
     return decode_image(read_file(path), mode=ImageReadMode.RGB)
 
 
+RESCAN = ("it changed after the dataset was scanned: remove or replace it and delete the cached file index "
+          "([data] cache_dir, default ~/.cache/alexnet-mp) so the next run rescans.")
+
+
+def undecodable(path: str, err: BaseException, stricter: str = "") -> DataError:
+    """The one-paragraph error for a listed file that no longer decodes (shared with the nvJPEG path)."""
+    return DataError(f"{path} cannot be decoded ({' '.join(str(err).split()) or type(err).__name__}); "
+                     + RESCAN + stricter)
+
+
+def check_size(path: str, img: torch.Tensor, size) -> None:
+    """A ``DataError`` naming ``path`` unless the decoded (C, H, W) ``img`` has the scanned (H, W) ``size``."""
+    (h, w), (h0, w0) = img.shape[-2:], (int(v) for v in size)
+    if (h, w) != (h0, w0):
+        raise DataError(f"{path} is {w}x{h} pixels, {w0}x{h0} when the dataset was scanned; " + RESCAN)
+
+
 class PlannedImages(Dataset):
     """Item ``i``: the ``i``-th planned sample, cropped, flipped, lit and normalised."""
 
@@ -50,20 +67,15 @@ class PlannedImages(Dataset):
 
     def _image(self, i: int) -> torch.Tensor:
         """File ``i`` decoded, or a ``DataError`` naming it: it broke or changed size after the scan."""
-        path, rescan = self.files[i], ("it changed after the dataset was scanned: remove or replace it and delete "
-                                       "the cached file index ([data] cache_dir, default ~/.cache/alexnet-mp) so "
-                                       "the next run rescans.")
+        path = self.files[i]
         try:
             img = _decode(path, self.decoder)
         except Exception as err:  # any decoder failure here is this file's
             stricter = (" If it did not change, decode_jpeg rejects what the scan's PIL decode accepted (e.g. a "
                         "damaged marker after the image data): set [data] torchvision_decoder = \"pil\"."
                         if self.decoder == "decode_jpeg" else "")
-            raise DataError(f"{path} cannot be decoded ({' '.join(str(err).split()) or type(err).__name__}); "
-                            + rescan + stricter) from None
-        (h, w), (h0, w0) = img.shape[1:], self.sizes[i]
-        if (h, w) != (h0, w0):
-            raise DataError(f"{path} is {w}x{h} pixels, {w0}x{h0} when the dataset was scanned; " + rescan)
+            raise undecodable(path, err, stricter) from None
+        check_size(path, img, self.sizes[i])
         return img
 
     def __getitem__(self, i: int):

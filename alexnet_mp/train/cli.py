@@ -66,7 +66,7 @@ def filters_command(checkpoint: str, out: str) -> None:
 @click.option("--data", "data_path", required=True, help="Dataset root with val/<class>/*.jpg.")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's ten patches.")
 @click.option("--batch-size", type=int, default=50, show_default=True)
-@click.option("--loader", type=click.Choice(["dali", "torchvision"]), default="dali", show_default=True)
+@click.option("--loader", type=click.Choice(["dali", "torchvision", "nvjpeg"]), default="dali", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def eval_command(checkpoint: str, data_path: str, ten_crop: bool, batch_size: int, loader: str, device: str) -> None:
     """Top-1 and top-5 error of a checkpoint on DIR/val (the single-device model, one process)."""

@@ -45,7 +45,9 @@ class CudaCapture:
     def capture(self, body: Callable[[], Sequence[torch.Tensor]]) -> Sequence[torch.Tensor]:
         self.graph = None  # the previous capture's memory goes back to the pool first
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: the loader's threads (nvJPEG, DALI) may allocate and synchronise on their own
+        # streams meanwhile; only this thread's calls must be capturable
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             outputs = body()
         self.graph = graph
         return outputs

@@ -93,3 +93,18 @@ def test_bad_synthetic_settings_are_named(sets, names):
 def test_fewer_pool_images_than_a_batch_is_named():
     with pytest.raises(ConfigError, match=r"synthetic_images = 40 is fewer than one global batch \(32 x 2"):
         build_train_loader(_cfg(), batch_size=32, seed=0, epoch=0, dp_size=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_the_synthetic_batches_never_make_the_host_wait():
+    """After the epoch's plan is uploaded (the first batch), a batch is queued work only: no
+    copy from pageable host memory, which would drain the GPU's queue every step."""
+    batches = iter(build_train_loader(_cfg(), batch_size=8, seed=7, epoch=0, device="cuda"))
+    next(batches)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            images, labels = next(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert images.is_cuda and images.shape == (8, 3, 224, 224) and labels.is_cuda

@@ -168,3 +168,31 @@ def test_the_cuda_graph_equals_eager_within_what_two_eager_runs_differ_by(datase
         spread = (e1[k] - e2[k]).abs().max().item()
         floor = steps * 2.0**-24 * e1[k].abs().max().item()  # an ulp of the weight per update
         assert (g[k] - e1[k]).abs().max().item() <= 4 * spread + floor, k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_replayed_step_never_makes_the_host_wait(tmp_path, monkeypatch):
+    """The synthetic source and a replayed step together, under CUDA's sync debug mode."""
+    real, guarded = Trainer.train_step, []
+
+    def train_step(self, images, labels):
+        if self.graph.replays < 1:  # warm-up, the estimate's timed forwards and the capture may wait
+            return real(self, images, labels)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = real(self, images, labels)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        guarded.append(self.position.global_step + 1)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    sets = {"data.source": "synthetic", "data.synthetic_images": 64, "data.synthetic_val_images": 8,
+            "training.max_steps": 12, "training.device": "cuda", "training.cuda_graph": True,
+            "checkpoint.enable": False, "metrics.log_freq": 100}
+    trainer = Trainer(config("unused", tmp_path, **sets))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    assert guarded and trainer.graph.replays >= len(guarded)
