@@ -3,7 +3,9 @@ packages mirror the library's (model, parallel, data, train, profile, commands).
 
 ``-m "not slow"`` runs the fast subset in about a minute: tests that train, run the proof or
 take seconds are marked ``slow``, and every test that starts worker processes, torchrun or a
-command in a subprocess is marked ``multiprocess`` (and counts as slow).
+command in a subprocess is marked ``multiprocess`` (and counts as slow). A test skipped
+without CUDA (``skipif`` with a reason starting "needs CUDA") is marked ``gpu``, so a GPU
+machine runs just those: ``pytest -m gpu`` (benchmarks/gpu_speed.sh).
 """
 
 import sys
@@ -18,3 +20,5 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("multiprocess"):
             item.add_marker(pytest.mark.slow)
+        if any(str(m.kwargs.get("reason", "")).startswith("needs CUDA") for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.gpu)
