@@ -78,6 +78,8 @@ def decode_only(files: list[str], batch: int, device, epochs: int) -> list[float
 
     data = [read_bytes(f) for f in files]
     chunks = [data[i:i + batch] for i in range(0, len(data) - batch + 1, batch)]
+    if not chunks:
+        raise SystemExit(f"{len(files)} images make no batch of {batch}: use a smaller --batch or more images")
     rates = []
     for epoch in range(epochs + 1):  # the first is the warm-up (nvJPEG handles, buffers)
         _sync(device)

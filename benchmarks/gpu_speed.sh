@@ -46,7 +46,7 @@ if [ "$SMOKE" = 1 ]; then
   SYN=(--set data.source='"synthetic"' --set data.synthetic_images=16 --set data.synthetic_val_images=8)
   DATASET=(--classes 2 --train-per-class 8 --val-per-class 2 --quiet)
   SHARED=(--set training.batch_size=4 --set training.max_steps=4 --set metrics.log_freq=2)
-  GPU_TRAIN=()
+  GPU_TRAIN=(--set training.device='"cpu"')
 else
   STEP=(--device cuda --batch-size 128 --steps 30 --warmup 8 --modes graph,bf16
         --variants alexnet-fast-lrn,alexnet-fused)
@@ -70,14 +70,14 @@ for g in true false; do
   [ "$SMOKE" = 1 ] && break
 done
 $PY - "$OUT" "$SMOKE" <<'PY' | tee "$OUT/trainer_vs_step.txt"
-import json, re, sys
+import json, re, statistics, sys
 out, smoke = sys.argv[1], sys.argv[2] == "1"
 def rate(name):
     try:
         rates = [float(m) for m in re.findall(r"\| ([0-9.]+) img/s", open(f"{out}/{name}.txt").read())]
     except OSError:
         return None
-    return max(rates[1:] or rates) if rates else None  # the first window holds the warm-up and capture
+    return statistics.median(rates[1:] or rates) if rates else None  # the first window: warm-up, capture
 try:
     rows = json.load(open(f"{out}/step.json"))["rows"]
 except Exception as err:  # noqa: BLE001 - reported, not fatal
@@ -105,7 +105,7 @@ fi
 # (4) decoding: the generated dataset through the nvJPEG path (DALI is not installed there)
 run make_dataset 60 $PY -m alexnet_mp make-dataset "$OUT/data" "${DATASET[@]}"
 run decode 90 $PY benchmarks/decode.py --data "$OUT/data" --device "$DEV" --step-ms 7 --json "$OUT/decode.json" \
-  $([ "$SMOKE" = 1 ] && echo --epochs 1 --workers 2)
+  $([ "$SMOKE" = 1 ] && echo --epochs 1 --workers 2 --batch 4)
 
 # (5) the trainer on that dataset, decoding on the GPU: its data wait beside its step
 run trainer_folder 90 $PY launch/train.py --config configs/paper.toml --set job.name='"trainer-folder"' \
@@ -114,7 +114,8 @@ run trainer_folder 90 $PY launch/train.py --config configs/paper.toml --set job.
 
 # (6) the column-per-process trainer with both ranks on one GPU (gloo with CUDA tensors), verify, profile
 run torchrun_shared 90 $PY -m torch.distributed.run --standalone --nproc_per_node=2 launch/train.py \
-  --config configs/paper.toml --set job.name='"shared-gpu"' "${SYN[@]}" "${SHARED[@]}" "${COMMON[@]}"
+  --config configs/paper.toml --set job.name='"shared-gpu"' "${SYN[@]}" "${SHARED[@]}" "${COMMON[@]}" \
+  $([ "$SMOKE" = 1 ] && echo --set training.device='"cpu"')
 run verify 90 $PY -m alexnet_mp verify --device "$DEV" --batch-size 4 --num-classes 10
 run profile 90 $PY -m alexnet_mp profile --device "$DEV" --compare paper,single --batch-size 32 --steps 3 \
   --warmup 1 --json "$OUT/profile.json"
