@@ -121,9 +121,7 @@ run profile 90 $PY -m alexnet_mp profile --device "$DEV" --compare paper,single 
   --warmup 1 --json "$OUT/profile.json"
 
 # (7) the tests that need CUDA (skipped on a CPU): graph vs eager, sync-free step, kernels, nvJPEG
-run cuda_tests 150 $PY -m pytest -q -x -p no:cacheprovider -k "cuda" tests/train/test_cuda_graph.py \
-  tests/train/test_sync_free.py tests/model/test_lrn_triton.py tests/model/test_relu_lrn_pool_triton.py \
-  tests/data/test_nvjpeg.py
+run cuda_tests 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests
 
 # (8) conv1 and the rest under the kernel profiler
 run conv1_profile 60 $PY benchmarks/conv1_profile.py --device "$DEV" $([ "$SMOKE" = 1 ] && echo --batch 2)
