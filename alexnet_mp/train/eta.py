@@ -20,6 +20,18 @@ class Remaining:
     forwards: int  # one image through the network once; the ten patches count ten
 
 
+def validates_after_epoch(cfg, epoch: int) -> bool:
+    """Whether the trainer validates when (1-based) ``epoch`` ends: every ``freq_epochs`` and at the last."""
+    return epoch % cfg.validation.freq_epochs == 0 or epoch == cfg.training.epochs
+
+
+def final_validation_needed(cfg, *, validated_at_stop: bool, last_epoch: bool) -> bool:
+    """Whether a final validation runs after the loop stops: unless the run validated at the step
+    it stopped at and that validation was final already (the last epoch's, or any one when the ten
+    patches are not kept for the end)."""
+    return not (validated_at_stop and (last_epoch or cfg.validation.ten_crop != "end"))
+
+
 def remaining(cfg, *, epoch: int, step_in_epoch: int, global_step: int, steps_per_epoch: int, num_val: int) -> Remaining:
     """The training steps, validations and validation forwards still to come, as the trainer will
     run them: one every ``freq_epochs`` epochs and at the last, a final one when ``max_steps``
@@ -32,11 +44,11 @@ def remaining(cfg, *, epoch: int, step_in_epoch: int, global_step: int, steps_pe
     end = done + steps
     ten = min(v.ten_crop_images or num_val, num_val)
     passes = [e == t.epochs for e in range(epoch + 1, t.epochs + 1)  # True: the final one
-              if e * steps_per_epoch <= end and (e % v.freq_epochs == 0 or e == t.epochs)]
+              if e * steps_per_epoch <= end and validates_after_epoch(cfg, e)]
     if end < t.epochs * steps_per_epoch:  # max_steps stops the run before the last epoch ends
-        at_validation = end % steps_per_epoch == 0 and (end // steps_per_epoch) % v.freq_epochs == 0
-        if not at_validation or v.ten_crop == "end":
-            passes.append(True)  # one final validation (the one just run lacked the ten patches)
+        at_validation = end % steps_per_epoch == 0 and validates_after_epoch(cfg, end // steps_per_epoch)
+        if final_validation_needed(cfg, validated_at_stop=at_validation, last_epoch=False):
+            passes.append(True)
     forwards = 0
     for last in passes:
         forwards += num_val

@@ -35,6 +35,7 @@ from ..parallel import Placement, WholeNetwork, place_column, place_columns, pla
 from . import checkpoint as ckpt
 from . import graph as step_graph
 from .distributed import Layout, setup, teardown
+from .eta import final_validation_needed, validates_after_epoch
 from .evaluate import evaluate
 from .lock import RunLock
 from .metrics import Metrics
@@ -475,7 +476,7 @@ class Trainer:
         p.epoch += 1
         p.step_in_epoch = 0
         results = {}
-        if p.epoch % cfg.validation.freq_epochs == 0 or p.epoch == cfg.training.epochs:
+        if validates_after_epoch(cfg, p.epoch):
             results = self.validate(final=p.epoch == cfg.training.epochs)
         if self.schedule.after_epoch(p.epoch, results.get("val_top1_error_centre")):
             self._set_lr(self.schedule.lr)
@@ -502,10 +503,10 @@ class Trainer:
             elif self._limit_reached():
                 self.save("max_steps")
         self.flush()
-        # the last epoch's validation is the final one; so is one that max_steps stopped at, unless
-        # the ten patches were left for the end
-        last_is_final = p.epoch == cfg.training.epochs or cfg.validation.ten_crop != "end"
-        final = results if validated_at == p.global_step and last_is_final else self.validate(final=True)
+        # the rule train/eta.py counts with, so the ETA and the run agree
+        again = final_validation_needed(cfg, validated_at_stop=validated_at == p.global_step,
+                                        last_epoch=p.epoch == cfg.training.epochs)
+        final = self.validate(final=True) if again else results
         self.metrics.finish(self.model, final, self._eval_loader(False), p.global_step)
         return final
 
