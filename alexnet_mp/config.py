@@ -11,7 +11,10 @@ option) and what is accepted. Unknown sections and keys are rejected by name.
 
 from __future__ import annotations
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the package tomli
+    import tomli as tomllib
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields

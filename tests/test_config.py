@@ -46,3 +46,20 @@ def test_a_value_out_of_range_is_named_with_the_range(build, needle):
 def test_an_int_is_taken_where_a_float_is_asked_and_stored_as_a_float():
     assert isinstance(TrainingConfig().batch_size, int)
     assert ModelConfig(dropout=0).dropout == 0.0 and isinstance(ModelConfig(dropout=0).dropout, float)
+
+
+def test_without_tomllib_the_config_reads_toml_with_tomli(tmp_path):
+    """Python 3.10 has no tomllib; the same parser ships as tomli (a dependency there)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("tomli")
+    (tmp_path / "run.toml").write_text('[training]\nbatch_size = 64\n[data]\nloader = "torchvision"\n')
+    child = ("import sys; sys.modules['tomllib'] = None\n"  # as on Python 3.10: import tomllib fails
+             "from alexnet_mp.config import load_config\n"
+             "import alexnet_mp.config as c\n"
+             f"cfg = load_config({str(tmp_path / 'run.toml')!r}, ['training.epochs=3'])\n"
+             "print(c.tomllib.__name__, cfg.training.batch_size, cfg.training.epochs, cfg.data.loader)\n")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["tomli", "64", "3", "torchvision"]
