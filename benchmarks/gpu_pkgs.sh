@@ -5,5 +5,7 @@
 # into .gpu_pkgs (ignored by git; about 11 MB) to carry along: run(..., carry=[".gpu_pkgs"]).
 set -eu
 rm -rf .gpu_pkgs
-python3 -m pip install -q --no-deps --target .gpu_pkgs click pytest pluggy iniconfig packaging pygments tabulate tomli exceptiongroup
+# pure-Python wheels only (any Python >= 3.10 there): no binary built for this machine's Python
+python3 -m pip install -q --no-deps --target .gpu_pkgs --only-binary=:all: --platform any --python-version 3.10 \
+  --implementation py click pytest pluggy iniconfig packaging pygments tabulate tomli exceptiongroup
 du -sh .gpu_pkgs
