@@ -57,9 +57,9 @@ def lrn_within_vs_across(model: torch.nn.Module, x: torch.Tensor) -> dict:
             logits_across = model(x)
         finally:
             model.lrn = lrn
-    names = [s.layer.name for s in L.shapes() if s.layer.lrn]
+    boundary = lrn_boundary_floats()  # keyed by the LRN layers' names, in order
     layers = []
-    for name, a in zip(names, seen):
+    for name, a in zip(boundary, seen):
         w, c = within(a), across(a)
         scale = c.abs().amax(dim=(0, 2, 3)).clamp_min(torch.finfo(c.dtype).tiny)
         per_map = ((w - c).abs().amax(dim=(0, 2, 3)) / scale).tolist()
@@ -69,7 +69,7 @@ def lrn_within_vs_across(model: torch.nn.Module, x: torch.Tensor) -> dict:
     diff = torch.linalg.vector_norm(logits_within - logits_across) / torch.linalg.vector_norm(logits_across)
     return {"layers": layers, "logits_rel": diff.item(),
             "argmax_agree": (logits_within.argmax(1) == logits_across.argmax(1)).float().mean().item(),
-            "boundary_floats": lrn_boundary_floats()}
+            "boundary_floats": boundary}
 
 
 # --- a run -----------------------------------------------------------------------------
@@ -118,8 +118,8 @@ def run_scalars(run_dir: str | Path) -> dict[str, tuple[list[int], list[float]]]
         return {}
     acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: ([e.step for e in acc.Scalars(tag)], [e.value for e in acc.Scalars(tag)])
-            for tag in acc.Tags()["scalars"]}
+    events = {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+    return {tag: ([e.step for e in es], [e.value for e in es]) for tag, es in events.items()}
 
 
 def tiny_run(folder: str | Path, *, steps_per_epoch: int = 3, epochs: int = 2, batch_size: int = 4) -> Path:

@@ -179,7 +179,7 @@ def training_bars(per_rank: list[dict], dp_bytes: int = 0, *, group: str = "trai
             parts, peak = {"resident": round(mem.get("rss_GiB", 0.0) * GiB)}, mem.get("peak_rss_GiB")
         bars.memory.append(MemoryBar(group, f"rank {r}", parts, None if peak is None else round(peak * GiB)))
     stats = per_rank[0]["stats"] if per_rank else {}
-    col0 = stats.get("0") or stats.get(0) or next(iter(stats.values()), {})
+    col0 = stats.get("0") or next(iter(stats.values()), {})  # as_dict's keys are strings
     for name, per in col0.items():
         for d in DIRECTIONS:
             if per[d]["bytes"]:
@@ -320,8 +320,8 @@ def figure2(num_classes: int = 1000):
                                     facecolor=colour, edgecolor="#333333", linewidth=0.8))
         ax.text(x, y, text, ha="center", va="center", fontsize=8, gid=gid, linespacing=1.25)
 
-    def arrow(x0, y0, x1, y1, colour="#555555", style="-|>"):
-        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle=style, mutation_scale=10, color=colour,
+    def arrow(x0, y0, x1, y1, colour="#555555"):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=10, color=colour,
                                      linewidth=1.0, shrinkA=0, shrinkB=0))
 
     mid = (row_y[0] + row_y[1]) / 2
@@ -388,9 +388,10 @@ def verify_figure(report: dict, run: str = "one_process"):
         if t["rel"] == 0:
             left.text(floor * 1.5, y, "identical", va="center", fontsize=7)
     allowed = {t["allowed"] for t in r["tensors"].values()}
-    for a in sorted(allowed)[:1] if len(allowed) == 1 else []:
+    if len(allowed) == 1:
+        (a,) = allowed
         left.axvline(a, color="black", linestyle="--", linewidth=1, label=f"allowed: rel ≤ {a:g}")
-    if len(allowed) > 1:
+    elif len(allowed) > 1:
         left.scatter([r["tensors"][n]["allowed"] for n in names], ys, marker="|", s=100, color="black",
                      label="allowed")
     left.set_xscale("log")
@@ -430,10 +431,9 @@ def verify_figure(report: dict, run: str = "one_process"):
 
 def lrn_figure(result: dict):
     """:func:`alexnet_mp.explore.lrn_within_vs_across` as a chart: each map's largest relative
-    change when the window may cross the columns' boundary. Bar gids: ``map:<index>``."""
+    change when the window may cross the columns' boundary. Bar gids: ``map:<layer>:<index>``."""
     fig = _figure(11, 3.6)
-    axes = fig.subplots(1, len(result["layers"]))
-    axes = axes if hasattr(axes, "__len__") else [axes]
+    axes = fig.subplots(1, len(result["layers"]), squeeze=False)[0]
     for ax, layer in zip(axes, result["layers"]):
         per_map = layer["per_map_max_rel"]
         for i, v in enumerate(per_map):

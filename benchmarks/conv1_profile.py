@@ -5,8 +5,9 @@ conv1 block (conv1 -> ReLU -> LRN -> 3x3/2 max-pool: 96 maps of 55x55) costs of 
     python3 benchmarks/conv1_profile.py --unfused                # the same, ReLU/LRN/pool kept apart
     python3 benchmarks/conv1_profile.py --device cpu --batch 2   # a check that it runs (CPU ops)
 
-A few forward + backward + fused-SGD steps of AlexNet (default ``lrn_impl="fast"``: on CUDA
-ReLU + LRN + pool run as the fused Triton kernel) under torch.profiler, after warm-up; prints
+A few forward + backward + fused-SGD steps of ``AlexNet(fused_relu_lrn_pool=True)`` (the
+model's default is False; with ``lrn_impl="fast"`` on CUDA ReLU + LRN + pool then run as the
+fused Triton kernel; ``--unfused``: the default model) under torch.profiler, after warm-up; prints
 the top kernels by self device time (CPU: by self CPU time). Then the conv1 block alone,
 forward + backward, fused and unfused, timed (CUDA events on CUDA), against the whole step.
 """
@@ -88,9 +89,10 @@ def main() -> None:
             step()
         if cuda:
             torch.cuda.synchronize()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         a1 = model.conv1(x)
-    fused_here = fuses(a1, model.lrn, model.pool) and not a.unfused
+    can_fuse = fuses(a1, model.lrn, model.pool)
+    fused_here = can_fuse and not a.unfused
     print(f"{torch.cuda.get_device_name() if cuda else 'cpu'}, batch {a.batch}, "
           f"{'bf16 autocast' if bf16 else 'fp32'}, channels_last, {a.steps} steps profiled; "
           f"ReLU+LRN+pool {'fused (one Triton kernel each way)' if fused_here else 'as separate ops'}")
@@ -98,19 +100,17 @@ def main() -> None:
     print(prof.key_averages().table(sort_by=sort, row_limit=a.rows, max_name_column_width=70))
 
     # The conv1 block alone, forward + backward, against the whole step.
-    xb = x.detach().requires_grad_(False)
-
     def block(fuse: bool):
         def run():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = relu_lrn_pool(model.conv1(xb), model.lrn, model.pool, fuse=fuse)
+                out = relu_lrn_pool(model.conv1(x), model.lrn, model.pool, fuse=fuse)
             out.backward(torch.ones_like(out))
         return run
 
     repeats = 10 if cuda else 2
     whole = timed(step, device, repeats)
     print(f"whole step: {whole * 1e3:.2f} ms")
-    for fuse in ([True] if fuses(a1, model.lrn, model.pool) else []) + [False]:
+    for fuse in ([True] if can_fuse else []) + [False]:
         t = timed(block(fuse), device, repeats)
         label = "fused" if fuse else "separate ops"
         print(f"conv1 block ({a1.shape[1]} maps of {a1.shape[2]}x{a1.shape[3]}), forward + backward, "

@@ -1,7 +1,7 @@
 """Decoded images/s: the nvJPEG loader (batched ``decode_jpeg`` + augmentation on the device)
 against the CPU torchvision loader with N worker processes, on the generated dataset.
 
-    python benchmarks/decode.py --device cuda --json decode.json     # the GPU figures (~1 min on an H100)
+    python benchmarks/decode.py --device cuda --json decode.json     # the GPU figures
     python benchmarks/decode.py --device cpu --classes 2 --per-class 24 --batch 16 --epochs 1   # a check
 
 Rows (one training batch of ``--batch`` at a time, the same planned epochs for every row):

@@ -51,15 +51,31 @@ def augment(pixels: torch.Tensor, offsets, mirror, shift, stats: ColorStats) -> 
     dev = pixels.device
     b = pixels.shape[0]
     ramp = torch.arange(CROP, device=dev)
-    off = torch.as_tensor(offsets if torch.is_tensor(offsets) else np.asarray(offsets), device=dev)
-    flip = torch.as_tensor(mirror if torch.is_tensor(mirror) else np.asarray(mirror), device=dev).bool()
+    off = torch.as_tensor(offsets, device=dev)
+    flip = torch.as_tensor(mirror, device=dev).bool()
     rows = off[:, :1] + ramp  # (B, 224)
     cols = off[:, 1:] + torch.where(flip[:, None], CROP - 1 - ramp, ramp)
     crops = pixels[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
                    rows[:, None, :, None], cols[:, None, None, :]]
-    mean, std = _stats_on(stats, dev)
-    light = torch.as_tensor(shift if torch.is_tensor(shift) else np.asarray(shift), dtype=torch.float32,
-                            device=dev).view(b, 3, 1, 1)
+    return _normalised(crops, shift, stats)
+
+
+def patches(squares: torch.Tensor, shift, stats: ColorStats, ten_crop: bool) -> torch.Tensor:
+    """The evaluation views of uint8 256 squares: the ten patches as float32 (B, 10, 3, 224, 224)
+    in ``TenCrop`` order, or the centre crop (B, 3, 224, 224). Fixed windows, so plain slices:
+    no index tensors, nothing copied from the host but ``shift`` (B, 3), once."""
+    light = torch.as_tensor(shift, dtype=torch.float32, device=squares.device)
+    views = []
+    for top, left, flip in (TEN_PATCHES if ten_crop else ((16, 16, 0),)):
+        crop = squares[:, :, top:top + CROP, left:left + CROP]
+        views.append(_normalised(crop.flip(-1) if flip else crop, light, stats))
+    return torch.stack(views, 1) if ten_crop else views[0]
+
+
+def _normalised(crops: torch.Tensor, shift, stats: ColorStats) -> torch.Tensor:
+    """float32 ((uint8 ``crops`` / 255) + ``shift`` (B, 3) - mean) / std."""
+    mean, std = _stats_on(stats, crops.device)
+    light = torch.as_tensor(shift, dtype=torch.float32, device=crops.device).view(-1, 3, 1, 1)
     return (crops.float() / 255.0 + light - mean) / std
 
 
@@ -104,14 +120,11 @@ class DeviceEvalBatches:
 
     def __iter__(self):
         dev = self.pixels.device
-        patches = TEN_PATCHES if self.ten_crop else ((16, 16, 0),)
-        for s in range(0, len(self.idx), self.batch):
-            sel = torch.as_tensor(self.idx[s:s + self.batch], device=dev)
-            n, chunk = len(sel), self.pixels[sel]
-            views = [augment(chunk, np.tile([[top, left]], (n, 1)), np.full(n, flip), np.zeros((n, 3)), self.stats)
-                     for top, left, flip in patches]
-            images = torch.stack(views, 1) if self.ten_crop else views[0]
-            yield images, self.labels[sel]
+        idx = torch.as_tensor(np.asarray(self.idx)).to(dev)  # once, not per batch (as DeviceBatches)
+        for s in range(0, len(idx), self.batch):
+            sel = idx[s:s + self.batch]
+            yield patches(self.pixels[sel], torch.zeros(len(sel), 3, device=dev), self.stats,
+                          self.ten_crop), self.labels[sel]
 
 
 def train_batches(n: int, num_classes: int, *, positions: np.ndarray, seed: int, epoch: int, stats: ColorStats,

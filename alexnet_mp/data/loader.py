@@ -113,8 +113,6 @@ def effective_loader(cfg: DataConfig, device=None) -> str:
 def _nvjpeg_device(cfg: DataConfig, device) -> torch.device:
     """Where the nvJPEG loader decodes: the GPU of ``device`` (or the current one), or the CPU."""
     global _cpu_nvjpeg_noted
-    if cfg.decode_device == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("[data] decode_device = \"gpu\" but CUDA is not available; use \"auto\" or \"cpu\".")
     if gpu_decoding(cfg, device):
         return torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
     if cfg.decode_device == "auto" and not _cpu_nvjpeg_noted:
@@ -129,11 +127,11 @@ def _make_inner(cfg, split, idx, *, offsets, mirror, shift, stats, batch_size, d
     files = [split.files[i] for i in idx]
     labels, sizes = split.labels[idx], split.sizes[idx]
     which = effective_loader(cfg, device)
+    if which in ("dali", "nvjpeg") and cfg.decode_device == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("[data] decode_device = \"gpu\" but CUDA is not available; use \"auto\" or \"cpu\".")
     if which == "dali":
         from .dali import DaliBatches, dali_params, gpu_device_id
 
-        if cfg.decode_device == "gpu" and not torch.cuda.is_available():
-            raise ConfigError("[data] decode_device = \"gpu\" but CUDA is not available; use \"auto\" or \"cpu\".")
         device_id = None
         if gpu_decoding(cfg, device):
             device_id = gpu_device_id(device if device is not None else "cuda")  # "mixed" decoding

@@ -7,9 +7,9 @@ on A100/H100 for baseline JPEGs, nvJPEG's hybrid decoder for the rest), then app
 per-sample plan of :mod:`.augment` on the device, with the torchvision loader's geometry:
 ``resize`` to the planned (H', W') with antialiasing (images of one source size resized
 together), the 256 centre square, the planned 224 crop and flip, the normalisation and the
-PCA lighting (:func:`.device_source.augment`), or the ten patches. On a CUDA device the
-decoding thread works on its own stream, ``prefetch`` batches ahead of the training step;
-:func:`paused` holds it off (around a CUDA graph capture).
+PCA lighting (:func:`.device_source.augment`), or the ten patches (:func:`.device_source.patches`).
+On a CUDA device the decoding thread works on its own stream, ``prefetch`` batches ahead of the
+training step (the trainer's CUDA graph capture is ``thread_local``, so decoding goes on meanwhile).
 
 Files that are not JPEGs (a PNG or BMP in a class folder) are decoded on the host with PIL
 and moved to the device. When a batched decode fails, its JPEGs are decoded one by one (on
@@ -32,22 +32,12 @@ import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..errors import DataError
-from .augment import RESIZE, TEN_PATCHES, ColorStats, centre_offset, resized_size
-from .device_source import augment
+from .augment import RESIZE, ColorStats, centre_offset, resized_size
+from .device_source import augment, patches
 from .torchvision_loader import RESCAN, _decode, check_size, undecodable
 
 JPEG_MAGIC = b"\xff\xd8\xff"  # SOI and the first marker's FF: every JPEG decode_jpeg accepts starts so
 _END = object()
-_DEVICE_WORK = threading.Lock()  # held by a decoding thread while it makes a batch
-
-
-@contextlib.contextmanager
-def paused():
-    """No decoding thread of this process makes a batch inside this block (one already being made
-    finishes first). For a CUDA graph capture in another thread: nvJPEG allocates and synchronises,
-    which a capture in the default ``capture_error_mode = "global"`` forbids process-wide."""
-    with _DEVICE_WORK:
-        yield
 
 
 def read_bytes(path: str) -> torch.Tensor:
@@ -153,13 +143,9 @@ class NvjpegBatches:
 
     def planned(self, lo: int, hi: int, squares: torch.Tensor) -> torch.Tensor:
         """The plan's crops of samples ``lo … hi - 1``: float32, normalised, lit."""
-        shift = self.shift[lo:hi]
-        if not self.ten_crop:
-            return augment(squares, self.offsets[lo:hi], self.mirror[lo:hi], shift, self.stats)
-        n = hi - lo
-        views = [augment(squares, np.tile([[top, left]], (n, 1)), np.full(n, flip), shift, self.stats)
-                 for top, left, flip in TEN_PATCHES]
-        return torch.stack(views, 1)
+        if self.ten_crop:
+            return patches(squares, self.shift[lo:hi], self.stats, ten_crop=True)
+        return augment(squares, self.offsets[lo:hi], self.mirror[lo:hi], self.shift[lo:hi], self.stats)
 
     def batch(self, lo: int, hi: int, data: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = self.decode(lo, hi, data)
@@ -205,12 +191,11 @@ class NvjpegBatches:
                     submit()
                     data = [f.result() for f in futures]
                     hi = lo + len(data)
-                    with _DEVICE_WORK:
-                        images, labels = self.batch(lo, hi, data)
-                        event = None
-                        if cuda:
-                            event = torch.cuda.Event()
-                            event.record(stream)
+                    images, labels = self.batch(lo, hi, data)
+                    event = None
+                    if cuda:
+                        event = torch.cuda.Event()
+                        event.record(stream)
                     if not put((images, labels, event)):
                         for _, futures in reads:
                             for f in futures:

@@ -20,7 +20,8 @@ After conv1 and conv2 the network applies ReLU, this LRN and the 3x3/2 max-pool 
 :func:`relu_lrn_pool` (and the module :class:`ReluLRNPool`) runs the three as one Triton
 kernel each way (:mod:`alexnet_mp.model.relu_lrn_pool_triton`) where the LRN's ``impl``
 would pick Triton (``"fast"`` on CUDA, ``"triton"`` always), and otherwise exactly
-``pool(lrn(relu(x)))``.
+``pool(lrn(relu(x)))``. :class:`~alexnet_mp.model.AlexNet` asks for the fused kernel only with
+``fused_relu_lrn_pool=True`` (off by default until it is measured on a GPU).
 
 Measured gains are in docs/benchmarks.md.
 """
@@ -141,15 +142,19 @@ class ColumnLRN(nn.Module):
         if x.shape[1] % self.groups:
             raise ValueError(f"{x.shape[1]} channels do not split into {self.groups} columns")
         args = (x, self.groups, self.size, self.alpha, self.beta, self.k)
-        if self.impl == "triton" or (self.impl == "fast" and x.is_cuda and x.dtype != torch.float64
-                                     and not torch.compiler.is_compiling()
-                                     and _triton_lrn() is not None):
+        if self.runs_triton(x):
             return _triton_lrn().apply(*args)
         if self.impl in ("fast", "eager"):
             return _FastLRN.apply(*args)
         if self.groups == 1:
             return self._torch(x)
         return torch.cat([self._torch(part) for part in x.chunk(self.groups, dim=1)], dim=1)
+
+    def runs_triton(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs the Triton kernels on ``x``: ``impl="triton"``, or
+        ``"fast"`` with a CUDA tensor that is not float64, outside torch.compile."""
+        return self.impl == "triton" or (self.impl == "fast" and x.is_cuda and x.dtype != torch.float64
+                                         and not torch.compiler.is_compiling() and _triton_lrn() is not None)
 
     def extra_repr(self) -> str:
         return (f"groups={self.groups}, size={self.size}, alpha={self.alpha} (on the sum), "
@@ -172,18 +177,16 @@ def _is_fusable_pool(pool: nn.Module) -> bool:
 
 
 def fuses(x: torch.Tensor, lrn: nn.Module, pool: nn.Module) -> bool:
-    """Whether :func:`relu_lrn_pool` runs the fused kernel for this input: the LRN's ``impl`` is
-    ``"triton"``, or ``"fast"`` with a CUDA tensor that is not float64 outside torch.compile;
-    ``lrn`` is a :class:`ColumnLRN` and ``pool`` the paper's pool, neither hooked (a hook
-    sees the separate ops' tensors); the input is a batch of maps at least 3x3."""
+    """Whether :func:`relu_lrn_pool` runs the fused kernel for this input: the LRN would run its
+    Triton kernels (:meth:`ColumnLRN.runs_triton`: ``impl="triton"``, or ``"fast"`` with a CUDA
+    tensor that is not float64 outside torch.compile); ``lrn`` is a :class:`ColumnLRN` and
+    ``pool`` the paper's pool, neither hooked (a hook sees the separate ops' tensors); the input
+    is a batch of maps at least 3x3."""
     if type(lrn) is not ColumnLRN or not _is_fusable_pool(pool):
         return False
     if x.dim() != 4 or x.shape[2] < POOL_KERNEL or x.shape[3] < POOL_KERNEL or _hooked(lrn, pool):
         return False
-    if lrn.impl == "triton":
-        return _triton_relu_lrn_pool() is not None
-    return (lrn.impl == "fast" and x.is_cuda and x.dtype != torch.float64 and not torch.compiler.is_compiling()
-            and _triton_relu_lrn_pool() is not None)
+    return lrn.runs_triton(x) and _triton_relu_lrn_pool() is not None
 
 
 def relu_lrn_pool(x: torch.Tensor, lrn: nn.Module, pool: nn.Module, *, fuse: bool = True) -> torch.Tensor:

@@ -122,20 +122,26 @@ def _run(kernel, tensors, x3, scalars, half, beta, config):
                  HALF=half, BETA_075=beta == 0.75, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
 
 
-def _tune(kernel, tensors, x3, scalars, half, beta) -> tuple[int, int]:
-    """The fastest of CANDIDATES for this shape, by CUDA events (each kernel is a pure
-    function of its inputs, so running it repeatedly is harmless)."""
+def _fastest(run, candidates) -> tuple[int, int]:
+    """The config among ``candidates`` for which ``run(config)`` (one launch) is fastest, by CUDA
+    events (each kernel is a pure function of its inputs, so running it repeatedly is harmless).
+    Shared with :mod:`alexnet_mp.model.relu_lrn_pool_triton`."""
     times = {}
-    for config in CANDIDATES:
-        _run(kernel, tensors, x3, scalars, half, beta, config)  # compile, warm
+    for config in candidates:
+        run(config)  # compile, warm
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(5):
-            _run(kernel, tensors, x3, scalars, half, beta, config)
+            run(config)
         end.record()
         end.synchronize()
         times[config] = start.elapsed_time(end)
     return min(times, key=times.get)
+
+
+def _tune(kernel, tensors, x3, scalars, half, beta) -> tuple[int, int]:
+    """The fastest of CANDIDATES for this shape."""
+    return _fastest(lambda config: _run(kernel, tensors, x3, scalars, half, beta, config), CANDIDATES)
 
 
 def _launch(kernel, tensors, x3: torch.Tensor, *scalars, half: int, beta: float) -> None:

@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .lrn_triton import _at, _rpow, _rpow1
+from .lrn_triton import _at, _fastest, _rpow, _rpow1
 
 KERNEL, STRIDE = 3, 2
 """The pool this kernel implements: nn.MaxPool2d(3, 2), floor mode, no padding."""
@@ -164,8 +164,9 @@ def _bwd_kernel(GO, IDX, X, DX, P, C, H, W, OH, OW,
 # Launch configurations tried on first use for each shape on CUDA: (elements per tile,
 # warps); a tile is BLOCK_P pixels x all channels (rounded up to a power of two). Compiled
 # for sm_90 (benchmarks/triton_ptxas.py, no GPU needed), more than 4 elements per thread
-# spill registers in both kernels (1024 per 128 threads: 200-1,460 bytes of stack per thread),
-# so the candidates stop there and the default is 2 per thread (76-118 registers, no spill).
+# spill registers in both kernels (1024 per 128 threads: 200-1,464 bytes of stack per thread
+# in bf16, 4,088 in the fp32 backward), so the candidates stop there and the default is 2 per
+# thread (64-118 registers, no spill).
 CANDIDATES = ((128, 4), (256, 4), (512, 4), (512, 8), (1024, 8))
 DEFAULT = (256, 4)
 INTERPRETER = (4096, 4)
@@ -184,25 +185,14 @@ def _run(kernel, args, pixels: int, channels: int, consts: dict, config) -> None
 
 
 def _tune(kernel, args, pixels, channels, consts) -> tuple[int, int]:
-    """The fastest of CANDIDATES by CUDA events (each kernel is a pure function of its inputs)."""
-    times = {}
-    for config in CANDIDATES:
-        _run(kernel, args, pixels, channels, consts, config)  # compile, warm
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            _run(kernel, args, pixels, channels, consts, config)
-        end.record()
-        end.synchronize()
-        times[config] = start.elapsed_time(end)
-    return min(times, key=times.get)
+    """The fastest of CANDIDATES for this shape."""
+    return _fastest(lambda config: _run(kernel, args, pixels, channels, consts, config), CANDIDATES)
 
 
 def _launch(kernel, args, x: torch.Tensor, pixels: int, consts: dict) -> None:
     if pixels == 0 or x.shape[1] == 0:
         return
-    key = (kernel.__name__ if hasattr(kernel, "__name__") else str(id(kernel)), tuple(x.shape), x.stride(),
-           x.dtype, x.device)
+    key = (getattr(kernel, "__name__", str(id(kernel))), tuple(x.shape), x.stride(), x.dtype, x.device)
     config = _best.get(key)
     if config is None:
         # Tune on CUDA, outside a CUDA-graph capture (a capture replays what it sees once).

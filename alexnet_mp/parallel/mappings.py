@@ -39,25 +39,26 @@ class _Done:
         return True
 
 
-def all_gather_dim0(out: torch.Tensor, input_: torch.Tensor, *, group=None, async_op: bool = False):
-    """``all_gather_into_tensor``: the world stacked into dim 0 (staged through the host when needed)."""
+def _run(collective, out: torch.Tensor, input_: torch.Tensor, group, async_op: bool, **kwargs):
+    """``collective(out, input_)`` as asked, or, where :func:`needs_host_staging`, on host copies
+    (synchronously; an ``async_op`` caller gets a finished handle) with the result copied back."""
     if not needs_host_staging(input_, group):
-        return _all_gather(out, input_, group=group, async_op=async_op)
+        return collective(out, input_, group=group, async_op=async_op, **kwargs)
     host = torch.empty(out.shape, dtype=out.dtype)
-    _all_gather(host, input_.cpu(), group=group)
+    collective(host, input_.cpu(), group=group, **kwargs)
     out.copy_(host)
     return _Done() if async_op else None
+
+
+def all_gather_dim0(out: torch.Tensor, input_: torch.Tensor, *, group=None, async_op: bool = False):
+    """``all_gather_into_tensor``: the world stacked into dim 0."""
+    return _run(_all_gather, out, input_, group, async_op)
 
 
 def reduce_scatter_dim0(out: torch.Tensor, input_: torch.Tensor, *, op=dist.ReduceOp.SUM, group=None,
                         async_op: bool = False):
-    """``reduce_scatter_tensor`` of dim 0 (staged through the host when needed)."""
-    if not needs_host_staging(input_, group):
-        return _reduce_scatter(out, input_, op=op, group=group, async_op=async_op)
-    host = torch.empty(out.shape, dtype=out.dtype)
-    _reduce_scatter(host, input_.cpu(), op=op, group=group)
-    out.copy_(host)
-    return _Done() if async_op else None
+    """``reduce_scatter_tensor`` of dim 0."""
+    return _run(_reduce_scatter, out, input_, group, async_op, op=op)
 
 
 # gloo and NCCL want the world stacked into dim 0, (W*B, C, ...); the layers want the columns'

@@ -87,7 +87,7 @@ def resolve_device(cfg: ProfileConfig, gpus: int | None = None) -> str:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     needed = max(strategies.get(n).processes for n in cfg.strategies)
     if under_torchrun():
-        needed = 1  # each torchrun rank drives its own LOCAL_RANK GPU
+        needed = 1  # each torchrun rank drives a GPU (cuda:LOCAL_RANK, shared over gloo when too few)
     if cfg.device == "auto":
         return "cuda" if gpus >= needed else "cpu"
     if cfg.device == "cuda" and gpus == 0:

@@ -23,14 +23,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found
 
 
-_resolve = resolve_checkpoint
-
-
-def _atomic_write(out: Path, write) -> None:
-    """Write ``out`` through a temporary file in its folder: whole or not at all."""
-    atomic_write(out, write, option="--out")
-
-
 @click.command("export")
 @click.argument("checkpoint")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the state dict (.pt).")
@@ -39,9 +31,9 @@ def export_command(checkpoint: str, out: str) -> None:
 
     Load it with torch.load(path, weights_only=True).
     """
-    path = _resolve(checkpoint)
+    path = resolve_checkpoint(checkpoint)
     state, meta = ckpt.reference_state(path)
-    _atomic_write(Path(out), lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(out), lambda tmp: torch.save(state, tmp))
     click.echo(f"wrote {out}: AlexNet({meta['num_classes']}) state dict, {sum(v.numel() for v in state.values()):,} "
                f"parameters, from {path} (step {meta['global_step']})")
 
@@ -53,10 +45,10 @@ def filters_command(checkpoint: str, out: str) -> None:
     """The paper's Figure 3: conv1 kernels of each column, with colour specificity."""
     from .figures import column_specificity, figure3
 
-    path = _resolve(checkpoint)
+    path = resolve_checkpoint(checkpoint)
     state, _ = ckpt.reference_state(path)
     weight = state["conv1.weight"]
-    _atomic_write(Path(out), lambda tmp: figure3(weight).save(tmp, format="PNG"))
+    atomic_write(Path(out), lambda tmp: figure3(weight).save(tmp, format="PNG"))
     spec = column_specificity(weight)
     click.echo(f"wrote {out}: " + ", ".join(f"column {c} colour specificity {s:.3f}" for c, s in enumerate(spec)))
 
@@ -79,7 +71,7 @@ def eval_command(checkpoint: str, data_path: str, ten_crop: bool, batch_size: in
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but CUDA is not available; use cpu or auto.")
     dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-    path = _resolve(checkpoint)
+    path = resolve_checkpoint(checkpoint)
     state, meta = ckpt.reference_state(path)
     info = dataset_info(data_path)
     if info.num_classes > meta["num_classes"]:

@@ -72,6 +72,7 @@ class StepGraph:
 
     def __init__(self, body: Body, optimizer: torch.optim.Optimizer, *, capture=None,
                  warmup: int = WARMUP_STEPS) -> None:
+        """``body(images, labels)`` is the step; ``capture`` the capturer (default: :class:`CudaCapture`)."""
         self.body, self.optimizer = body, optimizer
         self.capturer = capture if capture is not None else CudaCapture()
         self.warmup = warmup
@@ -98,21 +99,19 @@ class StepGraph:
         self._last_lrs = lrs
         if self.eager_steps < self.warmup or lrs != last:
             return None  # warming up, or the lr just changed: eager this once
-        if self._outputs is not None and self._captured_lrs == lrs:
-            if not self._fits(images, labels):
-                return None
-        else:  # first capture, or the lr has settled at a new value
-            if self._x is None or not self._fits(images, labels):
-                self._x = torch.empty_like(images, memory_format=torch.preserve_format)
-                self._y = torch.empty_like(labels)
-            self._x.copy_(images, non_blocking=True)
-            self._y.copy_(labels, non_blocking=True)
+        capture = self._outputs is None or self._captured_lrs != lrs  # first, or the lr settled anew
+        if not self._fits(images, labels):
+            if not capture:
+                return None  # not the captured shape
+            self._x = torch.empty_like(images, memory_format=torch.preserve_format)
+            self._y = torch.empty_like(labels)
+        self._x.copy_(images, non_blocking=True)
+        self._y.copy_(labels, non_blocking=True)
+        if capture:
             self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates its own grads
             self._outputs = self.capturer.capture(lambda: self.body(self._x, self._y))
             self._captured_lrs = lrs
             self.captures += 1
-        self._x.copy_(images, non_blocking=True)
-        self._y.copy_(labels, non_blocking=True)
         self.capturer.replay()
         self.replays += 1
         return self._outputs

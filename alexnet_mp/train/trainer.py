@@ -237,7 +237,7 @@ class Trainer:
                                      whole=isinstance(self.model, WholeNetwork), compiled=t.compile)
             if why:
                 raise ConfigError(why)
-            self.graph = step_graph.StepGraph(self._graph_body, self.optimizer, capture=step_graph.CudaCapture())
+            self.graph = step_graph.StepGraph(self._step_body, self.optimizer)
         self.position = Position()
         self.checkpoints = ckpt.Checkpointer(
             self.run_dir, placement=self.model, optimizer=self.optimizer, layout=self.layout,
@@ -365,34 +365,27 @@ class Trainer:
         if self.cfg.training.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         inject = self.cfg.debug.inject_nan_at_step == self.position.global_step + 1
+        timed = not self.metrics.estimated  # the forward is timed only while the run-length estimate wants it
+        self._forward_s = None
         if self.graph is None:
-            return self._eager_step(images, labels, inject=inject)
+            return self._step_body(images, labels, inject=inject, timed=timed)
         labels = labels.to(images.device, non_blocking=True)
+        captures = self.graph.captures
         graphed = None if inject else self.graph.step(images, labels)
         if graphed is None:
             with self.graph.eager():
-                return self._eager_step(images, labels, inject=inject)
-        loss, logits = graphed
-        self._forward_s = None
-        captures = self.graph.captures
-        if captures != getattr(self, "_captures_noted", 0):
-            self._captures_noted = captures
+                return self._step_body(images, labels, inject=inject, timed=timed)
+        if self.graph.captures != captures:
             self.metrics.note(f"step {self.position.global_step + 1}: the step is captured as a CUDA graph at lr "
-                              f"{self.optimizer.param_groups[0]['lr']:g} (capture {captures})")
+                              f"{self.optimizer.param_groups[0]['lr']:g} (capture {self.graph.captures})")
+        loss, logits = graphed
         # the graph's outputs are overwritten by the next replay: keep a copy of the loss (on the device)
         return loss.clone(), logits
 
-    def _eager_step(self, images: torch.Tensor, labels: torch.Tensor, *, inject: bool):
-        self._forward_s = None
-        # the forward is timed only while the run-length estimate wants it
-        return self._step_body(images, labels, inject=inject, timed=not self.metrics.estimated)
-
-    def _graph_body(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._step_body(images, labels, inject=False, timed=False)
-
-    def _step_body(self, images, labels, *, inject: bool, timed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step itself, eager or being captured: nothing in it waits for the device (but the
-        forward's timing, while the estimate wants it)."""
+    def _step_body(self, images, labels, *, inject: bool = False,
+                   timed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step itself, eager or being captured (the graph calls it with the defaults): nothing
+        in it waits for the device but the forward's timing, while the estimate wants it."""
         t_forward = time.perf_counter()
         # the weight-cast cache off: a cached cast would be a stale tensor in a graph's replay
         with torch.autocast(**self.autocast, cache_enabled=False):

@@ -196,23 +196,6 @@ def test_stopping_early_ends_the_decoding_thread(tiny_root, tmp_path, monkeypatc
     assert 1 <= len(made) <= 3  # the one taken, the one queued (prefetch 1), the one being made
 
 
-def test_paused_holds_the_decoding_thread_off(tiny_root, tmp_path, monkeypatch):
-    from alexnet_mp.data.nvjpeg import paused
-
-    made = []
-    batch = NvjpegBatches.batch
-    monkeypatch.setattr(NvjpegBatches, "batch", lambda self, lo, hi, data: made.append(lo) or batch(self, lo, hi, data))
-    batches = build_train_loader(nvjpeg(tiny_root, tmp_path), batch_size=4, seed=0, epoch=0)
-    got = []
-    with paused():
-        consumer = threading.Thread(target=lambda: got.extend(run(batches)))
-        consumer.start()
-        time.sleep(0.5)
-        assert made == [] and got == []
-    consumer.join(timeout=60)
-    assert len(got) == 9 and made == list(range(0, 36, 4))
-
-
 def test_jpegs_are_told_from_other_files(mixed_root):
     files = sorted(mixed_root.rglob("*"))
     kinds = {f.suffix: {is_jpeg(read_bytes(str(g))) for g in files if g.suffix == f.suffix} for f in files if f.suffix}
