@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigError
+from . import layers as L
 from .layers import LRN
 
 
@@ -148,8 +149,8 @@ class ModelConfig(Section):
     """``paper`` (N(0, 0.01^2), biases 1 in conv2/4/5, fc6/7) or ``kaiming`` (He-normal, zero biases)."""
 
     def check(self) -> None:
-        self.require("num_classes", self.num_classes == 0 or (self.num_classes >= 2 and self.num_classes % 2 == 0),
-                     "0 (from the dataset) or an even number >= 2")
+        self.require("num_classes", self.num_classes == 0 or L.classes_accepted(self.num_classes),
+                     f"0 (from the dataset) or an even number from 2 to {L.MAX_CLASSES:,}")
         self.require("dropout", 0.0 <= self.dropout < 1.0, "a probability in [0, 1)")
         self.require("lrn_alpha", self.lrn_alpha > 0, "a positive number")
 
@@ -181,7 +182,8 @@ class LRSchedulerConfig(Section):
     """``"plateau"``: reduce when the validation error stops improving (the paper's rule);
     ``"epochs"``: reduce after each epoch listed in ``at_epochs`` (the paper reduced by hand)."""
     at_epochs: list[int] = field(default_factory=list)
-    """With ``kind = "epochs"``: the epochs (1-based) after which the lr is multiplied by ``factor``."""
+    """With ``kind = "epochs"``: the epochs (1-based) after which the lr is multiplied by ``factor``
+    (a run shorter than one of them says so when it starts)."""
     factor: float = 0.1
     """Multiplier applied at each reduction (the paper: divide by 10)."""
     patience: int = 1
@@ -320,12 +322,15 @@ class DebugConfig(Section):
     SECTION: ClassVar[str] = "debug"
     inject_nan_at_step: int = 0
     """Make the loss NaN at this (1-based) step, to exercise the NaN guard (0: never)."""
+    inject_nan_rank: int = -1
+    """The rank whose loss ``inject_nan_at_step`` makes NaN (-1: every rank)."""
     kill_at_step: int = 0
     """On the first attempt only, the last rank kills itself (SIGKILL) after this step — a restart drill (0: never)."""
 
     def check(self) -> None:
         self.require("kill_at_step", self.kill_at_step >= 0, "a whole number >= 0")
         self.require("inject_nan_at_step", self.inject_nan_at_step >= 0, "a whole number >= 0")
+        self.require("inject_nan_rank", self.inject_nan_rank >= -1, "-1 (every rank) or a rank >= 0")
 
 
 def _data_config():

@@ -84,6 +84,16 @@ LAYERS: tuple[Layer, ...] = (
 LOGITS = "logits"
 """Name of the exchange after fc8 that gives every column all the logits for the loss."""
 
+MAX_CLASSES = 100_000
+"""The most outputs fc8 may have (ImageNet-21k has 21,841): its weight is then 4096 x 100,000 floats,
+1.6 GB — the bound on what a config or a checkpoint can make the network allocate."""
+
+
+def classes_accepted(n: object) -> bool:
+    """fc8's size: a whole number from 2 to :data:`MAX_CLASSES` that splits evenly into the columns."""
+    return isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= MAX_CLASSES and n % COLUMNS == 0
+
+
 PAPER_NEURONS_PRINTED = {"conv1": 253_440}
 """Counts the paper prints that differ from its own layer sizes (96x55x55 is 290,400)."""
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pure-Python packages benchmarks/gpu_speed.sh needs on a lent GPU machine that has torch,
+# The pure-Python packages benchmarks/gpu_speed.sh needs on a GPU machine that has torch,
 # torchvision and triton but no registry: click (the CLI), pytest (the CUDA tests), tomli and
 # exceptiongroup (for a Python 3.10 there), installed
 # into .gpu_pkgs (ignored by git; about 11 MB) to carry along: run(..., carry=[".gpu_pkgs"]).

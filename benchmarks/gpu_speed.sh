@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of issue 12 as one script for a borrowed GPU machine (torch, torchvision and
+# Every GPU check the project runs, as one script for a GPU machine (torch, torchvision and
 # triton preinstalled there; no DALI, no registry). Bounded: stages run in order of importance
 # while time is left (BUDGET seconds, default 470), each under its own timeout.
 #

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -15,8 +16,8 @@ from ..errors import DataError
 @click.option("--train-per-class", default=300, show_default=True, help="Training images per class.")
 @click.option("--val-per-class", default=50, show_default=True, help="Validation images per class.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Processes rendering images; 0: one per CPU. The files do not depend on it.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, os.cpu_count() or 1),
+              help="Processes rendering images, at most one per CPU; 0: one per CPU. The files do not depend on it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def make_dataset_command(directory, classes, train_per_class, val_per_class, seed, workers, quiet):
     """Write a generated ImageNet-style dataset of JPEGs: DIR/train/<class>/*.jpg, DIR/val/<class>/*.jpg."""

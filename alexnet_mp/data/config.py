@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ..config import Section
+
+POOL_IMAGE_BYTES = 256 * 256 * 3
+"""One image of the synthetic pool: 256x256 RGB, uint8."""
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
 from .synthetic import MAX_CLASSES
 
 STATS_FILE_NAME = "color_stats.json"
@@ -73,7 +82,10 @@ class DataConfig(Section):
                      f"a whole number from 2 to {MAX_CLASSES}")
         self.require("generate_train_per_class", self.generate_train_per_class >= 1, "a whole number >= 1")
         self.require("generate_val_per_class", self.generate_val_per_class >= 1, "a whole number >= 1")
-        self.require("synthetic_images", self.synthetic_images >= 1, "a whole number >= 1")
+        most = _memory_bytes() // 2 // POOL_IMAGE_BYTES
+        self.require("synthetic_images", 1 <= self.synthetic_images <= most,
+                     f"a whole number from 1 to {most:,}: the pool is made in memory, {POOL_IMAGE_BYTES:,} bytes an "
+                     "image, and may take at most half of this machine's")
         self.require("synthetic_val_images", 1 <= self.synthetic_val_images <= self.synthetic_images,
                      f"a whole number from 1 to synthetic_images ({self.synthetic_images})")
         self.require("synthetic_classes", self.synthetic_classes >= 2 and self.synthetic_classes % 2 == 0,

@@ -164,9 +164,8 @@ def _bwd_kernel(GO, IDX, X, DX, P, C, H, W, OH, OW,
 # Launch configurations tried on first use for each shape on CUDA: (elements per tile,
 # warps); a tile is BLOCK_P pixels x all channels (rounded up to a power of two). Compiled
 # for sm_90 (benchmarks/triton_ptxas.py, no GPU needed), more than 4 elements per thread
-# spill registers in both kernels (1024 per 128 threads: 200-1,464 bytes of stack per thread
-# in bf16, 4,088 in the fp32 backward), so the candidates stop there and the default is 2 per
-# thread (64-118 registers, no spill).
+# spill registers in both kernels, so the candidates stop there and the default is 2 per
+# thread, which does not spill (the register and spill table: docs/benchmarks.md).
 CANDIDATES = ((128, 4), (256, 4), (512, 4), (512, 8), (1024, 8))
 DEFAULT = (256, 4)
 INTERPRETER = (4096, 4)

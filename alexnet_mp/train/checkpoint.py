@@ -1,31 +1,27 @@
-"""Checkpoints with ``torch.distributed.checkpoint``: atomic, keyed by column, and safe to load.
+"""Checkpoints as data: tensors in safetensors files, every other fact in JSON — nothing pickled.
 
-Layout: ``<run>/checkpoints/step-0000123/`` holds DCP's files (``.metadata``,
-``__<rank>_0.distcp``) and ``meta.json``.
-
-**Loading never runs code**, whoever wrote the folder:
-
-* DCP holds tensors only — weights, momentum buffers, each rank's RNG state. The trainer's
-  position, the lr schedule, the optimizer's hyperparameters and the run's health are JSON
-  in ``meta.json``. (DCP stores any non-tensor value with ``torch.save`` and reads it back with
-  ``torch.load(weights_only=False)``: an alexnet-mp checkpoint has none, and one whose
-  metadata lists one is refused before anything is read.)
-* DCP's ``.metadata`` is a pickle; it is read by :class:`SafeReader`, whose unpickler admits
-  only DCP's metadata classes, ``torch.Size``, dtypes and paths. Any other global
-  (``builtins.exec``, ``os.system``, …) stops the read with a :class:`CheckpointError`
-  naming the file, before the reference is ever called.
-
-**Atomic**: DCP overwrites data files in place, so every save goes into a fresh
-``step-….partial`` folder that rank 0 renames into place once every rank has finished and
-``meta.json`` is written; a folder counts only when it has its ``meta.json`` and no suffix.
+Layout: ``<run>/checkpoints/step-0000123/`` holds ``meta.json`` (the run's facts, its position,
+the lr schedule, the optimizer's settings and the checkpoint's health, against a schema:
+:mod:`.checkpoint_meta`) and one ``rank-<r>.safetensors`` per process (:mod:`.tensorfile`).
 
 **One logical checkpoint, whatever the placement**: the keys are the whole network's
-(``model.conv1.weight``, ``optimizer.conv1.weight.momentum_buffer``). One process holding the
-whole network saves its tensors as they are; a process holding one column saves its half as a
-``DTensor`` shard (``Shard(0)``) over the model-parallel mesh, and DCP reshards on load — so a
-checkpoint of two processes resumes in one and back, and ``export`` is a load into the
-single-device model. Data-parallel replicas of a column hold the same shard, which DCP writes
-once. Each rank's RNG state is its own key (``rng.rank<r>.cpu``).
+(``model.conv1.weight``, ``optimizer.conv1.weight.momentum_buffer``). Each process writes the
+blocks of those tensors it holds, each with its offsets in the whole tensor — the whole tensor
+for one process holding the network, the dim-0 half of its column for a column per process,
+both halves for both columns in one process. Data-parallel replicas hold the same blocks and
+only the first replica writes them. Loading fills each tensor held here from whichever stored
+blocks overlap it, so a checkpoint of two processes resumes in one and back (and under the
+hybrid layout), and ``export`` is a load into the single-device model. Each rank's RNG state is
+its own key (``rng.rank<r>.cpu``).
+
+**Read as data**: every file named is a regular file directly inside the folder (no path, no
+symbolic link, no FIFO or device), within a size bound; every stored block's dtype and shape
+are compared with those of the tensor the network holds *before* a byte is read into it; a
+block's bytes are exactly what its shape says, so no record can claim more than the file holds.
+
+**Atomic**: every save goes into a fresh ``step-….partial`` folder that rank 0 renames into
+place once every rank has written its file and ``meta.json`` is written; a folder counts only
+when it has its ``meta.json`` and no suffix.
 
 **Healthy**: a checkpoint's weights are judged by the first loss computed with them — the
 next step's forward. ``meta.json`` says ``"healthy": null`` until then; true when every weight
@@ -40,26 +36,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import metadata as dcp_metadata
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor, Shard
 
-from ..parallel.columns import column_of
+from .. import layers as L
 from ..errors import CheckpointError
+from . import tensorfile as tf
+from .checkpoint_meta import FORMAT, META, is_healthy, read_json, read_meta, whole_in
 
-FORMAT = "alexnet-mp/checkpoint/3"
-META = "meta.json"
+__all__ = ["FORMAT", "META", "read_meta", "whole_in", "Checkpointer", "reference_state", "save", "load",
+           "write_json"]
+
 DIVERGED = ".diverged"
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -68,25 +62,19 @@ DIVERGED_LOSS_FACTOR = 1000.0
 orders of magnitude below it, a diverging one passes it within a step or two (measurements:
 docs/training.md, Failure and recovery)."""
 
-META_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "format": str, "num_classes": int, "world_size": int, "batch_size": int, "seed": int, "global_step": int,
-    "lr": float, "optimizer": dict, "states": dict, "healthy": (bool, type(None)), "loss": (float, type(None)),
-    "config": dict,
-}
-"""What ``meta.json`` must hold, with the JSON type of each value."""
-
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Complete checkpoints of a run, oldest first: folders with a ``meta.json`` of any kind, which
+    :func:`read_meta` then accepts or refuses by name (a FIFO in its place is not skipped silently)."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _NAME.match(p.name)) and p.is_dir() and (p / META).is_file()]
+             if (m := _NAME.match(p.name)) and p.is_dir() and os.path.lexists(p / META)]
     return [p for _, p in sorted(found)]
 
 
@@ -95,149 +83,50 @@ def latest(run_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _healthy(path: Path) -> bool:
-    try:
-        return json.loads((path / META).read_text()).get("healthy") is True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def latest_healthy(run_dir: str | Path) -> Path | None:
-    return next((p for p in reversed(complete_checkpoints(run_dir)) if _healthy(p)), None)
+    return next((p for p in reversed(complete_checkpoints(run_dir)) if is_healthy(p)), None)
 
 
-# -- reading safely ------------------------------------------------------------------------
+# -- what a process holds: blocks of the whole network's tensors ---------------------------
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's ``meta.json``, every field checked; a clear error for anything else."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is not a checkpoint folder (expected <run>/checkpoints/step-N/ "
-                              "written by launch/train.py).")
-    try:
-        meta = json.loads((path / META).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} has no {META}: it is incomplete (a save that did not finish) or not an "
-                              "alexnet-mp checkpoint.") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path / META} is damaged ({err}); use an earlier checkpoint.") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} was not written by this version of alexnet-mp "
-                              f"(format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT}).")
-    for key, kind in META_FIELDS.items():
-        value = meta.get(key)
-        if key not in meta or not _is_a(value, kind):
-            raise CheckpointError(f"{path / META} is damaged: {key!r} is {'missing' if key not in meta else repr(value)}, "
-                                  f"expected {_kind_name(kind)}; use an earlier checkpoint.")
-    if meta["num_classes"] < 2 or meta["num_classes"] % 2:
-        raise CheckpointError(f"{path / META} is damaged: num_classes = {meta['num_classes']} (an even number >= 2).")
-    return meta
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A tensor held here as the block of the whole tensor ``key`` that starts at ``offsets``."""
+
+    key: str
+    tensor: torch.Tensor
+    offsets: tuple[int, ...]
+    shape: tuple[int, ...]
+    """The whole tensor's shape."""
 
 
-def _is_a(value: Any, kind) -> bool:
-    """JSON typing: a bool is not a number, a whole number is a number."""
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool):
-        return bool in kinds
-    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
+def model_key(name: str) -> str:
+    return f"model.{name}"
 
 
-def _kind_name(kind) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({int: "a whole number", float: "a number", str: "text", bool: "true/false", dict: "a table",
-                        type(None): "null"}[k] for k in kinds)
+def momentum_key(name: str) -> str:
+    return f"optimizer.{name}.momentum_buffer"
 
 
-_METADATA_CLASSES = {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"}
-_ALLOWED = {
-    **{("torch.distributed.checkpoint.metadata", n): getattr(dcp_metadata, n) for n in _METADATA_CLASSES
-       if hasattr(dcp_metadata, n)},
-    ("torch", "Size"): torch.Size,
-    ("pathlib", "PosixPath"): Path,
-    ("pathlib", "PurePosixPath"): Path,
-    ("collections", "OrderedDict"): dict,
-}
+def _pieces(placement, key: Callable[[str], str], of: Callable[[torch.nn.Parameter], torch.Tensor]) -> list[Piece]:
+    """``of(parameter)`` for every parameter held, as blocks of the whole network's tensors: a
+    column's tensors are the dim-0 halves of the whole network's (:func:`~..parallel.columns.column_of`)."""
+    out = []
+    for s in placement.shards():
+        t = of(s.param)
+        rest = tuple(t.shape[1:])
+        if s.column is None:
+            out.append(whole_piece(key(s.name), t))
+        else:
+            out.append(Piece(key(s.name), t, (s.column * t.shape[0],) + (0,) * len(rest),
+                             (t.shape[0] * L.COLUMNS, *rest)))
+    return out
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Admits DCP's own metadata classes, torch.Size, dtypes, layouts and paths — nothing else."""
+def whole_piece(key: str, tensor: torch.Tensor) -> Piece:
+    """``tensor`` as the whole of ``key``."""
+    return Piece(key, tensor, (0,) * tensor.dim(), tuple(tensor.shape))
 
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch.distributed.checkpoint.filesystem" and name == "_StorageInfo":
-            from torch.distributed.checkpoint.filesystem import _StorageInfo
-
-            return _StorageInfo
-        if module == "torch.serialization" and name == "_get_layout":
-            return _get_layout
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
-
-
-def _get_layout(name: str) -> torch.layout:
-    layout = getattr(torch, name.removeprefix("torch."), None)
-    if not isinstance(layout, torch.layout):
-        raise pickle.UnpicklingError(f"layout {name!r}")
-    return layout
-
-
-class SafeReader(dcp.FileSystemReader):
-    """DCP's file reader with ``.metadata`` read by a restricted unpickler, and no pickled values."""
-
-    def read_metadata(self, *args, **kwargs):
-        path = Path(self._get_metadata_path(kwargs.get("rank")))
-        try:
-            with open(path, "rb") as f:
-                metadata = _MetadataUnpickler(f).load()
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(f"{path} refers to {err}, which DCP metadata never holds; refusing to load "
-                                  "it (unpickling it could run code). Use a checkpoint from a source you "
-                                  "trust.") from None
-        except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-            raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {err}); use an earlier "
-                                  "checkpoint.") from None
-        if not isinstance(metadata, dcp_metadata.Metadata):
-            raise CheckpointError(f"{path} does not hold DCP metadata (found {type(metadata).__name__}).")
-        pickled = sorted(k for k, v in metadata.state_dict_metadata.items()
-                         if not isinstance(v, dcp_metadata.TensorStorageMetadata))
-        if pickled:
-            raise CheckpointError(f"{path} lists pickled (non-tensor) values ({', '.join(pickled[:5])}); an "
-                                  "alexnet-mp checkpoint holds tensors only, and reading those values would "
-                                  "unpickle them, which can run code. Refusing to load it.")
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = dcp_metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-class _TensorsOnly(DefaultLoadPlanner):
-    def load_bytes(self, read_item, value) -> None:
-        raise CheckpointError(f"refusing to unpickle the stored value {read_item.dest_index.fqn!r}.")
-
-
-def _load(path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Fill ``state``'s tensors in place from the checkpoint at ``path``."""
-    tensor_keys(path)  # refuse unsafe metadata here, before DCP's own error handling wraps it
-    try:
-        dcp.load(state, storage_reader=SafeReader(str(path)), planner=_TensorsOnly(),
-                 no_dist=not dist.is_initialized())
-    except BaseException as err:  # CheckpointException derives from BaseException
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise CheckpointError(f"{path} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:300]}). "
-                              "It may be truncated or from a different model or world layout; nothing was "
-                              "overwritten. Remove it to fall back to an earlier checkpoint.") from None
-
-
-def tensor_keys(path: str | Path) -> dict[str, dcp_metadata.TensorStorageMetadata]:
-    """Every tensor a checkpoint holds, read through :class:`SafeReader`."""
-    return dict(SafeReader(str(path)).read_metadata().state_dict_metadata)
-
-
-# -- what is saved -----------------------------------------------------------------------
 
 def _rng_state(rank: int, devices) -> dict[str, torch.Tensor]:
     state = {f"rng.rank{rank}.cpu": torch.get_rng_state()}
@@ -255,31 +144,8 @@ def _set_rng_state(state: dict[str, torch.Tensor], rank: int) -> None:
             torch.cuda.set_rng_state(value, int(where.removeprefix("cuda")))
 
 
-def _logical(placement, mesh, of: Callable[[torch.nn.Parameter], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``of(parameter)`` for every parameter held here, as the whole network's tensors: as they
-    are for the whole network, a DTensor shard for one column per process, concatenated copies
-    for several columns in one process."""
-    held = placement.modules_held()
-    if held[0][0] is None:
-        return {s.name: of(s.param) for s in placement.shards()}
-    if len(held) == 1:
-        mesh = mesh or DeviceMesh.from_group(placement.group, placement.devices[0].type)
-        return {s.name: DTensor.from_local(of(s.param), mesh, [Shard(0)]) for s in placement.shards()}
-    return placement.whole(of)
-
-
-def _copy_back(placement, loaded: dict[str, torch.Tensor], of) -> None:
-    """After loading into concatenated copies (several columns in one process): each column its half."""
-    held = placement.modules_held()
-    if held[0][0] is None or len(held) == 1:
-        return  # loaded in place
-    with torch.no_grad():
-        for s in placement.shards():
-            of(s.param).copy_(column_of(loaded[s.name], s.column))
-
-
 def _weight(p: torch.nn.Parameter) -> torch.Tensor:
-    return p.detach()  # the same storage: DCP loads into it in place
+    return p.detach()  # the same storage: loading fills it in place
 
 
 def _momentum(optimizer, create: bool = False) -> Callable[[torch.nn.Parameter], torch.Tensor]:
@@ -295,12 +161,15 @@ def _has_momentum(optimizer) -> bool:
     return any(optimizer.state[p].get("momentum_buffer") is not None for g in optimizer.param_groups for p in g["params"])
 
 
-def tensor_state(placement, optimizer, rank: int, devices, mesh=None) -> dict[str, torch.Tensor]:
-    """Everything this rank saves through DCP: weights, momentum buffers, its RNG state."""
-    state = {f"model.{k}": v for k, v in _logical(placement, mesh, _weight).items()}
-    if _has_momentum(optimizer):
-        state |= {f"optimizer.{k}.momentum_buffer": v for k, v in _logical(placement, mesh, _momentum(optimizer)).items()}
-    return state | _rng_state(rank, devices)
+def pieces_to_save(placement, optimizer, rank: int, devices, *, writes_model: bool = True) -> list[Piece]:
+    """Everything this rank saves: its blocks of the weights and momentum buffers (unless another
+    replica of the same column writes them) and its RNG state."""
+    out = []
+    if writes_model:
+        out += _pieces(placement, model_key, _weight)
+        if _has_momentum(optimizer):
+            out += _pieces(placement, momentum_key, _momentum(optimizer))
+    return out + [whole_piece(k, v) for k, v in _rng_state(rank, devices).items()]
 
 
 def optimizer_hyperparameters(optimizer) -> dict[str, Any]:
@@ -323,69 +192,96 @@ def loss_is_healthy(loss: float, num_classes: int) -> bool:
 
 def mark_health(path: Path, healthy: bool, loss: float) -> None:
     """Record in ``meta.json`` what the first loss computed with the checkpoint's weights said."""
-    meta = json.loads((path / META).read_text())
+    meta = read_json(path)
     meta.update(healthy=healthy, loss=loss if math.isfinite(loss) else None)
-    _write_json(path / META, meta)
+    write_json(path / META, meta)
 
 
 # -- save ----------------------------------------------------------------------------------
 
-def _barrier(distributed: bool) -> None:
-    if distributed:
-        dist.barrier()
+def tensor_file(rank: int) -> str:
+    return f"rank-{rank}.safetensors"
 
 
-def save(run_dir: str | Path, *, tensors: dict[str, torch.Tensor], meta: dict[str, Any], rank: int,
-         distributed: bool, keep_latest: int = 0) -> Path:
-    """Save atomically as ``step-<global_step>``; returns the folder.
+def _all_ok(ok: bool, distributed: bool, group) -> bool:
+    """True when every rank says ok (a float on the CPU control group: no device sync)."""
+    if not distributed:
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag.item())
 
-    A failed write (a full or read-only disk) removes the partial folder and raises a
-    :class:`CheckpointError`; the checkpoints already there are untouched."""
+
+def write_pieces(folder: Path, rank: int, pieces: list[Piece]) -> None:
+    """One file: each block under a name of its own (a process holding both columns has two
+    blocks of a key), and in the header the key, offsets and whole shape of each."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in pieces:
+        seen[p.key] = seen.get(p.key, -1) + 1
+        names.append(p.key if not seen[p.key] else f"{p.key}#{seen[p.key]}")
+    where = {n: {"key": p.key, "offsets": list(p.offsets), "shape": list(p.shape)} for n, p in zip(names, pieces)}
+    tf.write(folder / tensor_file(rank), dict(zip(names, (p.tensor for p in pieces))),
+             {"format": FORMAT, "pieces": json.dumps(where, separators=(",", ":"))})
+
+
+def save(run_dir: str | Path, *, pieces: list[Piece], meta: dict[str, Any], rank: int, world_size: int = 1,
+         group=None, keep_latest: int = 0) -> Path:
+    """Save atomically as ``step-<global_step>``; returns the folder. Every rank calls it with its
+    own pieces; ``group`` is a CPU process group over which the ranks agree that all went well.
+
+    A failed write on any rank (a full or read-only disk) removes the partial folder and raises a
+    :class:`CheckpointError` on every rank; the checkpoints already there are untouched."""
     root = checkpoint_dir(run_dir)
     final = root / f"step-{meta['global_step']:07d}"
     partial = final.with_name(final.name + ".partial")
-    try:
+    distributed = world_size > 1
+    error = _attempt(lambda: (shutil.rmtree(partial, ignore_errors=True), partial.mkdir(parents=True))
+                     if rank == 0 else None)
+    _all_ok(error is None, distributed, group)  # the folder exists before anyone writes into it
+    error = error or _attempt(lambda: write_pieces(partial, rank, pieces))
+    if _all_ok(error is None, distributed, group) and rank == 0:
+        files = [tensor_file(r) for r in range(world_size)]
+        error = _attempt(lambda: _finish(partial, final, {"format": FORMAT, **meta, "files": files},
+                                         run_dir, keep_latest))
+    if not _all_ok(error is None, distributed, group):
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        _barrier(distributed)
-        dcp.save(tensors, checkpoint_id=str(partial), no_dist=not distributed)
-        _barrier(distributed)
-        if rank == 0:
-            _write_json(partial / META, {"format": FORMAT, **meta})
-            _replace_dir(partial, final)
-            _fsync_dir(root)
-            _rotate(run_dir, keep_latest)
-    except BaseException as err:
-        if isinstance(err, (KeyboardInterrupt, SystemExit)):
-            raise
-        if rank == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-        cause = _root_cause(err)
-        first = str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
-        previous = latest(run_dir)
-        raise CheckpointError(
-            f"could not write the checkpoint {final} ({type(cause).__name__}: {first}). "
-            + (f"The previous checkpoint {previous} is untouched. " if previous else "")
-            + f"Free space or make {root} writable (or set [job] dump_folder elsewhere), then run the same "
-            "command to resume.") from None
-    _barrier(distributed)
+        raise _save_error(final, error, run_dir)
     return final
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    """The error a rank actually met: DCP wraps each rank's failure in a CheckpointException whose
-    text is a traceback, where the user needs "No space left on device"."""
-    failures = getattr(err, "failures", None)
-    if isinstance(failures, dict) and failures:
-        wrapped = next(iter(failures.values()))
-        inner = wrapped[0] if isinstance(wrapped, tuple) and wrapped else wrapped
-        if isinstance(inner, BaseException):
-            return _root_cause(inner)
-    return err
+def _attempt(work: Callable[[], object]) -> BaseException | None:
+    """Run ``work``; the error it raised, if any (an interrupt still interrupts)."""
+    try:
+        work()
+    except Exception as err:  # noqa: BLE001 - reported on every rank by save()
+        return err
+    return None
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def _finish(partial: Path, final: Path, meta: dict, run_dir, keep_latest: int) -> None:
+    write_json(partial / META, meta)
+    _replace_dir(partial, final)
+    _fsync_dir(final.parent)
+    _rotate(run_dir, keep_latest)
+
+
+def _save_error(final: Path, error: BaseException | None, run_dir) -> CheckpointError:
+    root, previous = final.parent, latest(run_dir)
+    if error is None:
+        what = "another rank could not write its file; see its message"
+    else:
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        what = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return CheckpointError(
+        f"could not write the checkpoint {final} ({what}). "
+        + (f"The previous checkpoint {previous} is untouched. " if previous else "")
+        + f"Free space or make {root} writable (or set [job] dump_folder elsewhere), then run the same "
+        "command to resume.")
+
+
+def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
@@ -445,6 +341,134 @@ def _fsync_dir(path: Path) -> None:
 
 # -- load ----------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """A stored block of a whole tensor: in which file, where, and where it sits in the whole."""
+
+    file: int
+    entry: tf.Entry
+    offsets: tuple[int, ...]
+    shape: tuple[int, ...]
+
+
+class Stored:
+    """A checkpoint's tensor files, opened and checked: every key's blocks tile its whole tensor."""
+
+    def __init__(self, path: Path, meta: dict) -> None:
+        self.path, self.files, self.blocks = path, [], {}
+        limit = 2 * 8 * L.total_params(meta["num_classes"]) + (1 << 20)  # float64 weights and momentum
+        try:
+            for name in meta["files"]:
+                f, size = tf.open_inside(path, name, limit)
+                self.files.append((f, path / name))
+                entries, header = tf.read_header(f, size, path / name)
+                for key, entry, offsets, shape in _placed(path / name, entries, header):
+                    self.blocks.setdefault(key, []).append(_Block(len(self.files) - 1, entry, offsets, shape))
+            for key, blocks in self.blocks.items():
+                _check_tiles(path, key, blocks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for f, _ in self.files:
+            f.close()
+        self.files = []
+
+    def __enter__(self) -> Stored:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        """The stored tensor ``key`` is the whole tensor the network holds: same shape and dtype."""
+        if key not in self.blocks:
+            raise CheckpointError(f"{self.path} has no tensor {key!r}: it is not a checkpoint of this network "
+                                  "(another alexnet-mp version or a damaged save). Use an earlier checkpoint.")
+        b = self.blocks[key][0]
+        if b.shape != tuple(shape) or b.entry.dtype != dtype:
+            raise CheckpointError(f"{self.path}: {key} is stored as {b.entry.dtype} {list(b.shape)}, but the network "
+                                  f"holds {dtype} {list(shape)}; it is a checkpoint of another network shape.")
+
+    def fill(self, piece: Piece) -> None:
+        """Copy into ``piece.tensor`` every stored block that overlaps it."""
+        self.check(piece.key, piece.shape, piece.tensor.dtype)
+        for block in self.blocks[piece.key]:
+            f, name = self.files[block.file]
+            _copy_overlap(f, name, block, piece)
+
+
+def _placed(name: Path, entries: dict[str, tf.Entry], header: dict[str, str]) -> list[tuple]:
+    """Each block of a file: the whole tensor's key, the block, its offsets in the whole and the whole's shape."""
+    try:
+        where = json.loads(header.get("pieces", "null"))
+    except (ValueError, RecursionError):
+        where = None
+    if header.get("format") != FORMAT or not isinstance(where, dict) or set(where) != set(entries):
+        raise tf.hostile(name, "its header does not say where each of its tensors sits in the network")
+    out = []
+    for block, entry in entries.items():
+        spec = where[block] if isinstance(where[block], dict) else {}
+        key, offsets, shape = spec.get("key"), spec.get("offsets"), spec.get("shape")
+        ok = isinstance(key, str) and all(isinstance(v, list) and len(v) == len(entry.shape)
+                                          and all(tf.is_whole(n) for n in v) for v in (offsets, shape))
+        if not ok or not all(0 <= o and o + n <= s for o, n, s in zip(offsets, entry.shape, shape)):
+            raise tf.hostile(name, f"{block!r} is placed at {str(offsets)[:60]} in a whole of {str(shape)[:60]}, "
+                             f"which does not hold its block of {list(entry.shape)}")
+        out.append((key, entry, tuple(offsets), tuple(shape)))
+    return out
+
+
+def _check_tiles(path: Path, key: str, blocks: list[_Block]) -> None:
+    """The blocks of ``key`` agree on the whole tensor and cover it once: disjoint, volumes adding up."""
+    first = blocks[0]
+    if any(b.shape != first.shape or b.entry.dtype != first.entry.dtype for b in blocks):
+        raise tf.hostile(path, f"the blocks of {key!r} disagree on the whole tensor's shape or dtype")
+    for i, a in enumerate(blocks):
+        for b in blocks[i + 1:]:
+            if all(max(x, y) < min(x + n, y + m)
+                   for x, n, y, m in zip(a.offsets, a.entry.shape, b.offsets, b.entry.shape)):
+                raise tf.hostile(path, f"two stored blocks of {key!r} overlap")
+    if sum(math.prod(b.entry.shape) for b in blocks) != math.prod(first.shape):
+        raise tf.hostile(path, f"the stored blocks of {key!r} do not cover its whole tensor {list(first.shape)}")
+
+
+def _copy_overlap(f: BinaryIO, name: Path, block: _Block, piece: Piece) -> None:
+    """Where ``block`` and ``piece`` overlap, read the block's bytes into the piece's tensor —
+    straight into it where both regions are contiguous, through a host buffer otherwise."""
+    lo = [max(a, b) for a, b in zip(block.offsets, piece.offsets)]
+    hi = [min(a + n, b + m) for a, n, b, m in zip(block.offsets, block.entry.shape, piece.offsets, piece.tensor.shape)]
+    if any(a >= b for a, b in zip(lo, hi)) or piece.tensor.numel() == 0:
+        return
+    src = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, block.offsets))
+    target = piece.tensor[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, piece.offsets))]
+    run = _contiguous_run(block.entry.shape, src)
+    size = block.entry.dtype.itemsize
+    with torch.no_grad():
+        if run is not None and target.device.type == "cpu" and target.is_contiguous():
+            tf.read_into(f, block.entry.start + run * size, target, name)
+        elif run is not None:
+            buffer = torch.empty(target.shape, dtype=target.dtype)
+            tf.read_into(f, block.entry.start + run * size, buffer, name)
+            target.copy_(buffer)
+        else:
+            buffer = torch.empty(block.entry.shape, dtype=block.entry.dtype)
+            tf.read_into(f, block.entry.start, buffer, name)
+            target.copy_(buffer[src])
+
+
+def _contiguous_run(shape: tuple[int, ...], region: tuple[slice, ...]) -> int | None:
+    """The element offset of ``region`` in a row-major tensor of ``shape`` when the region is one
+    contiguous run (leading dims of one index, then one partial dim, then full dims), else None."""
+    sizes = [r.stop - r.start for r in region]
+    j = next((i for i, n in enumerate(sizes) if n != 1), len(sizes) - 1)
+    if any(sizes[i] != shape[i] for i in range(j + 1, len(shape))):
+        return None
+    strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+    return sum(r.start * st for r, st in zip(region, strides))
+
+
 def check_compatible(path: Path, meta: dict, expected: dict) -> None:
     """A checkpoint of another network shape cannot be resumed: say which value differs."""
     for key, want in expected.items():
@@ -453,25 +477,36 @@ def check_compatible(path: Path, meta: dict, expected: dict) -> None:
                                   f"{key} = {want!r}; resume it with the same setting or use another [job] name.")
 
 
-def load(path: str | Path, *, placement, optimizer, rank: int, devices, mesh=None) -> dict[str, Any]:
-    """Restore the weights, the momentum buffers and this rank's RNG; returns ``meta.json``."""
+def load(path: str | Path, *, placement, optimizer, rank: int, devices, meta: dict | None = None) -> dict[str, Any]:
+    """Restore the weights, the momentum buffers and (same world size) this rank's RNG; returns ``meta.json``."""
     path = Path(path)
-    meta = read_meta(path)
-    stored = tensor_keys(path)
-    weights = _logical(placement, mesh, _weight)
-    state = {f"model.{k}": v for k, v in weights.items()}
-    momentum = {}
-    if any(k.startswith("optimizer.") for k in stored):
-        momentum = _logical(placement, mesh, _momentum(optimizer, create=True))
-        state |= {f"optimizer.{k}.momentum_buffer": v for k, v in momentum.items()}
-    rng = {k: torch.empty(tuple(v.size), dtype=torch.uint8) for k, v in stored.items()
-           if k.startswith(f"rng.rank{rank}.")}
-    _load(path, {**state, **rng})
-    _copy_back(placement, weights, _weight)
-    if momentum:
-        _copy_back(placement, momentum, _momentum(optimizer))
+    meta = meta or read_meta(path)
+    with Stored(path, meta) as stored:
+        weights = _pieces(placement, model_key, _weight)
+        for piece in weights:  # every shape compared before anything is read or allocated
+            stored.check(piece.key, piece.shape, piece.tensor.dtype)
+        momentum = []
+        if any(k.startswith("optimizer.") for k in stored.blocks):
+            for piece in weights:
+                stored.check(momentum_key(piece.key.removeprefix("model.")), piece.shape, piece.tensor.dtype)
+            momentum = _pieces(placement, momentum_key, _momentum(optimizer, create=True))
+        rng = {k: torch.empty_like(v) for k, v in _rng_state(rank, devices).items()
+               if k in stored.blocks and meta["world_size"] == _world()}
+        for piece in weights + momentum + [whole_piece(k, v) for k, v in rng.items()]:
+            stored.fill(piece)
     _set_rng_state(rng, rank)
     return meta
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def tensor_keys(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Every tensor a checkpoint holds: the whole tensor's shape and dtype."""
+    path = Path(path)
+    with Stored(path, read_meta(path)) as stored:
+        return {k: (b[0].shape, b[0].entry.dtype) for k, b in stored.blocks.items()}
 
 
 def reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -482,21 +517,25 @@ def reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     meta = read_meta(path)
     with torch.device("meta"):
         shapes = AlexNet(meta["num_classes"]).state_dict()
-    state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
-    _load(path, {f"model.{k}": v for k, v in state.items()})
+    with Stored(path, meta) as stored:
+        for k, v in shapes.items():  # compared before anything is allocated
+            stored.check(model_key(k), tuple(v.shape), v.dtype)
+        state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
+        for k, v in state.items():
+            stored.fill(whole_piece(model_key(k), v))
     return state, meta
 
 
 class Checkpointer:
-    """A run's checkpoints: the placement's weights, the momentum buffers and each rank's RNG
-    through DCP; the JSON ``states`` (each with ``state_dict``/``load_state_dict``, DCP's
-    Stateful protocol) and the run's facts in ``meta.json``; and each checkpoint's health."""
+    """A run's checkpoints: the placement's weights, the momentum buffers and each rank's RNG in
+    safetensors files; the JSON ``states`` (each with ``state_dict``/``load_state_dict``, the
+    Stateful protocol; ``load_state_dict`` raises ``ValueError`` for a value outside its rule) and
+    the run's facts in ``meta.json``; and each checkpoint's health."""
 
     def __init__(self, run_dir: Path, *, placement, optimizer, states: dict, layout, facts: dict,
                  keep_latest: int) -> None:
         self.run_dir, self.placement, self.optimizer, self.states = run_dir, placement, optimizer, states
         self.layout, self.facts, self.keep_latest = layout, facts, keep_latest
-        self.mesh = layout.mesh["mp"] if layout.mesh is not None else None
         self.saved_at: int | None = None
         self._unjudged: Path | None = None  # the last checkpoint, until a loss has been computed with it
 
@@ -506,12 +545,12 @@ class Checkpointer:
             return None
         lay = self.layout
         finite = weights_finite(self.placement, lay.distributed)
-        meta = {**self.facts, "global_step": step, "lr": self.optimizer.param_groups[0]["lr"],
-                "optimizer": optimizer_hyperparameters(self.optimizer),
+        meta = {**self.facts, "global_step": step, "optimizer": optimizer_hyperparameters(self.optimizer),
                 "states": {name: state.state_dict() for name, state in self.states.items()},
                 "healthy": None if finite else False, "loss": None}
-        path = save(self.run_dir, tensors=tensor_state(self.placement, self.optimizer, lay.rank, lay.devices, self.mesh),
-                    meta=meta, rank=lay.rank, distributed=lay.distributed, keep_latest=self.keep_latest)
+        pieces = pieces_to_save(self.placement, self.optimizer, lay.rank, lay.devices, writes_model=lay.dp_rank == 0)
+        path = save(self.run_dir, pieces=pieces, meta=meta, rank=lay.rank, world_size=lay.world_size,
+                    group=lay.control_group, keep_latest=self.keep_latest)
         self.saved_at, self._unjudged = step, (path if finite else None)
         return path, finite
 
@@ -522,23 +561,30 @@ class Checkpointer:
         self._unjudged = None
 
     def resume(self) -> tuple[Path, dict] | None:
-        """Load the latest checkpoint into the placement, the optimizer and the states."""
+        """Load the latest checkpoint into the states, the placement and the optimizer."""
         path = latest(self.run_dir)
         if path is None:
             return None
         meta = read_meta(path)
         check_compatible(path, meta, {k: self.facts[k] for k in ("num_classes", "batch_size", "seed")})
+        self._load_states(path, meta)
         lay = self.layout
-        load(path, placement=self.placement, optimizer=self.optimizer, rank=lay.rank, devices=lay.devices,
-             mesh=self.mesh)
-        try:
-            for name, state in self.states.items():
-                state.load_state_dict(meta["states"][name])
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path / META} is damaged: its states lack {err}; use an earlier checkpoint.") from None
+        load(path, placement=self.placement, optimizer=self.optimizer, rank=lay.rank, devices=lay.devices, meta=meta)
         self.saved_at = meta["global_step"]
         self._unjudged = path if meta["healthy"] is None else None
         return path, meta
+
+    def _load_states(self, path: Path, meta: dict) -> None:
+        """Every state checked by its own rule before any tensor is read."""
+        try:
+            for name, state in self.states.items():
+                if name not in meta["states"]:
+                    raise ValueError(f"its states lack {name!r}")
+                state.load_state_dict(meta["states"][name])
+        except ValueError as err:
+            raise CheckpointError(f"{path / META}: {err}. This run cannot continue from it: it was altered or "
+                                  "crafted, or this run's [lr_scheduler] no longer admits the state it records; "
+                                  "nothing was loaded.") from None
 
     def set_aside_after_divergence(self) -> tuple[Path | None, int]:
         """After a NaN: the checkpoints newer than the newest healthy one are renamed (rank 0);

@@ -23,14 +23,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found
 
 
+def _new_file(out: str, force: bool) -> None:
+    """``--out`` onto an existing file replaces it only when asked to."""
+    if not force and Path(out).is_file():
+        raise UserError(f"--out {out}: the file exists; add --force to replace it, or choose another name.")
+
+
+FORCE = click.option("--force", is_flag=True, help="Replace --out if it exists.")
+
+
 @click.command("export")
 @click.argument("checkpoint")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the state dict (.pt).")
-def export_command(checkpoint: str, out: str) -> None:
+@FORCE
+def export_command(checkpoint: str, out: str, force: bool) -> None:
     """A checkpoint (or run folder) -> one state dict for alexnet_mp.AlexNet.
 
     Load it with torch.load(path, weights_only=True).
     """
+    _new_file(out, force)
     path = resolve_checkpoint(checkpoint)
     state, meta = ckpt.reference_state(path)
     atomic_write(Path(out), lambda tmp: torch.save(state, tmp))
@@ -41,10 +52,12 @@ def export_command(checkpoint: str, out: str) -> None:
 @click.command("filters")
 @click.argument("checkpoint")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-def filters_command(checkpoint: str, out: str) -> None:
+@FORCE
+def filters_command(checkpoint: str, out: str, force: bool) -> None:
     """The paper's Figure 3: conv1 kernels of each column, with colour specificity."""
     from .figures import column_specificity, figure3
 
+    _new_file(out, force)
     path = resolve_checkpoint(checkpoint)
     state, _ = ckpt.reference_state(path)
     weight = state["conv1.weight"]
@@ -86,4 +99,21 @@ def eval_command(checkpoint: str, data_path: str, ten_crop: bool, batch_size: in
                f"top-1 error {results['top1_error']:.4f}, top-5 error {results['top5_error']:.4f}")
 
 
-COMMANDS = [eval_command, export_command, filters_command]
+@click.command("convert-checkpoint")
+@click.argument("old", type=click.Path(file_okay=False))
+@click.argument("new", type=click.Path(file_okay=False))
+@click.option("--trust-pickle", is_flag=True,
+              help="Say that OLD comes from a source you trust: its index is a pickle, and reading one can run code.")
+def convert_command(old: str, new: str, trust_pickle: bool) -> None:
+    """An earlier alexnet-mp checkpoint (DCP files, pickled index) -> this version's format in NEW."""
+    from .convert import convert
+
+    if not trust_pickle:
+        raise UserError(f"convert-checkpoint reads {old}'s pickled .metadata, which can run code: convert only a "
+                        "checkpoint from a source you trust, and add --trust-pickle to say so.")
+    meta = convert(Path(old), Path(new))
+    click.echo(f"wrote {new}: step {meta['global_step']} of a run of {meta['world_size']} process(es), "
+               f"{meta['num_classes']} classes, in this version's format")
+
+
+COMMANDS = [eval_command, export_command, filters_command, convert_command]

@@ -35,7 +35,8 @@ def evaluate(model, loader, *, ten_crop: bool, dp_group=None, device=None, on_fe
             labels = labels.cpu()
             if ten_crop:
                 # b images' ten patches, b crops at a time: the network sees the configured batch
-                # size, not ten times it (a 10x batch is memory-bound and ~2x slower per crop on a CPU)
+                # size, not ten times it (a ten-fold batch is memory-bound and slower per crop on a CPU:
+                # docs/benchmarks.md, the quick start)
                 b, n = images.shape[:2]
                 logits = torch.cat([model(part) for part in images.flatten(0, 1).split(b)])
                 probs = logits.float().softmax(-1).view(b, n, -1).mean(1)

@@ -2,7 +2,7 @@
 
 At batch 128 an AlexNet step on a modern GPU is a few milliseconds of a few hundred kernels,
 with gaps while Python launches the next; replaying a captured step removes the launches and
-the gaps (+8.7% in ``benchmarks/step.py``, docs/benchmarks.md). :class:`StepGraph` holds the
+the gaps (measured with ``benchmarks/step.py``: docs/benchmarks.md). :class:`StepGraph` holds the
 capture and decides, step by step, whether the graph can run it:
 
 * **Warm-up.** The first :data:`WARMUP_STEPS` steps after a start or resume run eagerly on a

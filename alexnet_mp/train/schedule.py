@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .checkpoint_meta import MAX_STEP, check_schedule, whole_in
+
 
 @dataclass(slots=True)
 class PlateauSchedule:
@@ -54,9 +56,12 @@ class PlateauSchedule:
                 "reductions": self.reductions}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best = math.inf if state["best"] is None else float(state["best"])
-        self.bad_evals = int(state["bad_evals"])
-        self.reductions = int(state["reductions"])
+        """``ValueError`` naming a value outside the rule (:func:`~.checkpoint_meta.check_schedule`, and
+        no more reductions than ``max_reductions``)."""
+        check_schedule(state)
+        self.bad_evals = whole_in(state, "bad_evals", 0, MAX_STEP)
+        self.reductions = whole_in(state, "reductions", 0, self.max_reductions)
+        self.best = math.inf if state.get("best") is None else float(state["best"])
 
 
 @dataclass(slots=True)
@@ -83,4 +88,4 @@ class EpochSchedule:
         return {"reductions": self.reductions}
 
     def load_state_dict(self, state: dict) -> None:
-        self.reductions = int(state["reductions"])
+        self.reductions = whole_in(state, "reductions", 0, len(self.at_epochs))

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,11 +29,12 @@ from .. import layers as L
 from ..config import Config
 from ..data import build_eval_loader, build_train_loader, dataset_info, make_dataset
 from ..data.device_source import synthetic_info
-from ..errors import ConfigError, UserError
+from ..errors import CheckpointError, ConfigError, UserError
 from ..model import AlexNet
 from ..parallel import Placement, WholeNetwork, place_column, place_columns, place_on_device
 from . import checkpoint as ckpt
 from . import graph as step_graph
+from .checkpoint_meta import check_position
 from .distributed import Layout, setup, teardown
 from .eta import final_validation_needed, validates_after_epoch
 from .evaluate import evaluate
@@ -55,6 +56,8 @@ class _Stop:
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, object] = {}
+        self.reading: Path | None = None
+        """The checkpoint being read: a signal then ends the read at once (it changed nothing yet)."""
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,6 +70,9 @@ class _Stop:
 
     def _handler(self, signum, _frame) -> None:
         self.signal = signum
+        if self.reading is not None:
+            raise CheckpointError(f"stopped by signal {signum} while reading the checkpoints of {self.reading}; "
+                                  "nothing was changed, and the same command resumes from them.")
 
 
 @dataclass(slots=True)
@@ -82,8 +88,9 @@ class Position:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        for f in fields(self):
-            setattr(self, f.name, int(state[f.name]))
+        """``ValueError`` naming a count that is negative, out of range, or past the run's steps."""
+        for name, value in check_position(state).items():
+            setattr(self, name, value)
 
 
 def _schedule(cfg: Config) -> PlateauSchedule | EpochSchedule:
@@ -196,45 +203,13 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.cfg
         _ensure_data(cfg, self.layout)
-        d = cfg.data
-        self.info = dataset_info(d.path) if d.source == "folder" else \
-            synthetic_info(d.synthetic_images, d.synthetic_val_images, d.synthetic_classes)
-        num_classes = cfg.model.num_classes or self.info.num_classes
-        if num_classes % L.COLUMNS or num_classes < 2:
-            raise ConfigError(f"{cfg.data.path} has {self.info.num_classes} classes; fc8 splits into {L.COLUMNS} "
-                              "columns, so set [model] num_classes to an even number >= the class count.")
-        if num_classes < self.info.num_classes:
-            raise ConfigError(f"[model] num_classes = {num_classes} is fewer than the {self.info.num_classes} "
-                              f"classes in {cfg.data.path}.")
-        self.num_classes = num_classes
-        self.model = build_model(cfg, self.layout, num_classes)
-        t = cfg.training
-        if self.layout.devices[0].type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once per layer
-        if t.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        step_module: torch.nn.Module = self.model
-        if self.layout.dp_size > 1:  # each column's gradients averaged over its replicas, during backward
-            from torch.nn.parallel import DistributedDataParallel
-
-            dev = self.layout.devices[0]
-            step_module = DistributedDataParallel(self.model, process_group=self.layout.dp_group,
-                                                  device_ids=[dev.index] if dev.type == "cuda" else None,
-                                                  bucket_cap_mb=cfg.parallelism.bucket_mb, broadcast_buffers=False)
-        self._dp_bytes = (sum(q.numel() * q.element_size() for q in self.model.parameters())
-                          if self.layout.dp_size > 1 else 0)
-        self.forward = torch.compile(step_module) if t.compile else step_module
-        self.autocast = dict(device_type=self.layout.devices[0].type, dtype=torch.bfloat16,
-                             enabled=t.mixed_precision == "bf16")
-        o = cfg.optimizer
-        # fused: the whole update in one pass over weights, gradients and momentum (docs/benchmarks.md)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay, fused=True)
+        self.num_classes = self._classes()
+        self._build_step()
         self.schedule = _schedule(cfg)
         self.graph: step_graph.StepGraph | None = None
-        if t.cuda_graph:
+        if cfg.training.cuda_graph:
             why = step_graph.refusal(cuda=self.layout.devices[0].type == "cuda", distributed=self.layout.distributed,
-                                     whole=isinstance(self.model, WholeNetwork), compiled=t.compile)
+                                     whole=isinstance(self.model, WholeNetwork), compiled=cfg.training.compile)
             if why:
                 raise ConfigError(why)
             self.graph = step_graph.StepGraph(self._step_body, self.optimizer)
@@ -242,7 +217,8 @@ class Trainer:
         self.checkpoints = ckpt.Checkpointer(
             self.run_dir, placement=self.model, optimizer=self.optimizer, layout=self.layout,
             states={"position": self.position, "schedule": self.schedule}, keep_latest=cfg.checkpoint.keep_latest,
-            facts={"num_classes": num_classes, "world_size": self.layout.world_size,
+            facts={"num_classes": self.num_classes, "world_size": self.layout.world_size,
+                   "placement": type(self.model).__name__,
                    "batch_size": cfg.training.batch_size, "seed": cfg.job.seed, "config": cfg.to_dict()})
         self.losses: list[float] = []  # this process's training loss per step, for tests and summaries
         self._last_loss = math.nan
@@ -253,6 +229,49 @@ class Trainer:
         torch.manual_seed(cfg.job.seed * 1000 + 1 + self.layout.rank)
         self.stop = _Stop()
         self.metrics = Metrics(cfg, self.layout, self.run_dir, self.info)
+
+    def _classes(self) -> int:
+        """fc8's size: [model] num_classes, or the dataset's class count; the dataset is read here."""
+        cfg, d = self.cfg, self.cfg.data
+        self.info = dataset_info(d.path) if d.source == "folder" else \
+            synthetic_info(d.synthetic_images, d.synthetic_val_images, d.synthetic_classes)
+        num_classes = cfg.model.num_classes or self.info.num_classes
+        if not L.classes_accepted(num_classes):
+            raise ConfigError(f"{cfg.data.path} has {self.info.num_classes} classes; fc8 splits into {L.COLUMNS} "
+                              f"columns, so set [model] num_classes to an even number from 2 to {L.MAX_CLASSES:,} "
+                              ">= the class count.")
+        if num_classes < self.info.num_classes:
+            raise ConfigError(f"[model] num_classes = {num_classes} is fewer than the {self.info.num_classes} "
+                              f"classes in {cfg.data.path}.")
+        if cfg.model.fused_relu_lrn_pool and self.layout.devices[0].type != "cuda":
+            raise ConfigError("[model] fused_relu_lrn_pool = true runs ReLU, LRN and max-pool as one Triton kernel "
+                              f"on CUDA; this run is on {self.layout.devices[0]}, where it would change nothing. "
+                              "Leave it false here.")
+        return num_classes
+
+    def _build_step(self) -> None:
+        """The placed network, what the step calls (DDP over replicas, compiled), autocast and SGD."""
+        cfg, t, lay = self.cfg, self.cfg.training, self.layout
+        self.model = build_model(cfg, lay, self.num_classes)
+        if lay.devices[0].type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its algorithms once per layer
+        if t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        step_module: torch.nn.Module = self.model
+        if lay.dp_size > 1:  # each column's gradients averaged over its replicas, during backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            dev = lay.devices[0]
+            step_module = DistributedDataParallel(self.model, process_group=lay.dp_group,
+                                                  device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                  bucket_cap_mb=cfg.parallelism.bucket_mb, broadcast_buffers=False)
+        self._dp_bytes = sum(q.numel() * q.element_size() for q in self.model.parameters()) if lay.dp_size > 1 else 0
+        self.forward = torch.compile(step_module) if t.compile else step_module
+        self.autocast = dict(device_type=lay.devices[0].type, dtype=torch.bfloat16, enabled=t.mixed_precision == "bf16")
+        o = cfg.optimizer
+        # fused: the whole update in one pass over weights, gradients and momentum (docs/benchmarks.md)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                         weight_decay=o.weight_decay, fused=True)
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -271,7 +290,11 @@ class Trainer:
 
     def resume(self) -> int:
         """Continue from the latest checkpoint, if any; returns the step resumed at (0: a fresh run)."""
-        found = self.checkpoints.resume() if self.cfg.checkpoint.enable else None
+        self.stop.reading = self.run_dir
+        try:
+            found = self.checkpoints.resume() if self.cfg.checkpoint.enable else None
+        finally:
+            self.stop.reading = None
         if found is None:
             return 0
         path, meta = found
@@ -279,9 +302,19 @@ class Trainer:
         p = self.position
         self.metrics.note(f"resumed from {path}: epoch {p.epoch + 1}, step {p.step_in_epoch} of the epoch, "
                           f"global step {p.global_step}")
-        for line in _changed_hyperparameters(meta, self.cfg, self.schedule):
+        for line in _changed_hyperparameters(meta, self.cfg, self.schedule) + self._resharded(meta):
             self.metrics.note(line)
         return p.global_step
+
+    def _resharded(self, meta: dict) -> list[str]:
+        """A checkpoint of another process layout loads (its tensors are resharded), but not exactly."""
+        was, now = (meta["world_size"], meta["placement"]), (self.layout.world_size, type(self.model).__name__)
+        if was == now:
+            return []
+        return [f"the checkpoint was written by {was[0]} process(es) as {was[1]}; this run is {now[0]} as {now[1]}: "
+                "the weights and momentum are resharded exactly, the dropout RNG "
+                + ("is restored" if was[0] == now[0] else "starts afresh") + ", so the run is not bit-identical "
+                "to an uninterrupted one"]
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -364,7 +397,8 @@ class Trainer:
         With ``[training] cuda_graph`` the step is a replay of the captured one where it can be."""
         if self.cfg.training.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        inject = self.cfg.debug.inject_nan_at_step == self.position.global_step + 1
+        d = self.cfg.debug
+        inject = d.inject_nan_at_step == self.position.global_step + 1 and d.inject_nan_rank in (-1, self.layout.rank)
         timed = not self.metrics.estimated  # the forward is timed only while the run-length estimate wants it
         self._forward_s = None
         if self.graph is None:
@@ -482,6 +516,8 @@ class Trainer:
         self.stop.install()
         self.metrics.open(purge_step=self.resume() + 1)
         loader = self._loader()
+        for line in _schedule_misfits(cfg, len(loader)):
+            self.metrics.note(line)
         self.metrics.banner(self.model, len(loader), self.optimizer.param_groups[0]["lr"])
         results: dict[str, float] = {}
         validated_at = -1
@@ -509,6 +545,20 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
         teardown(self.layout)
+
+
+def _schedule_misfits(cfg: Config, steps_per_epoch: int) -> list[str]:
+    """An lr drop or a warm-up the run never reaches: said at the start, not found out at the end."""
+    s, epochs = cfg.lr_scheduler, cfg.training.epochs
+    lines = []
+    late = [e for e in s.at_epochs if e > epochs] if s.kind == "epochs" else []
+    if late:
+        lines.append(f"[lr_scheduler] at_epochs = {list(s.at_epochs)}: the run has {epochs} epoch(s) ([training] "
+                     f"epochs), so the drop(s) after epoch(s) {late} will not happen")
+    if s.warmup_steps > epochs * steps_per_epoch:
+        lines.append(f"[lr_scheduler] warmup_steps = {s.warmup_steps} is longer than the whole run ({epochs} "
+                     f"epoch(s) of {steps_per_epoch} steps): the lr never reaches {cfg.optimizer.lr:g}")
+    return lines
 
 
 def _changed_hyperparameters(meta: dict, cfg: Config, schedule: PlateauSchedule | EpochSchedule) -> list[str]:
