@@ -126,6 +126,74 @@ def gather_logits(input_: torch.Tensor, group: dist.ProcessGroup | None) -> torc
     return _ScaleGradient.apply(gather_from_columns(input_, group), 1.0 / dist.get_world_size(group))
 
 
+class _GatherBatch(torch.autograd.Function):
+    """All-gather of the batch (dim 0) forward; reduce-scatter of the partial gradient backward
+    (every worker's slice of the next layer used every sample)."""
+
+    @staticmethod
+    def forward(ctx, input_: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        out = gather_buffer(input_, dist.get_world_size(group))
+        all_gather_dim0(out, input_.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        world = dist.get_world_size(ctx.group)
+        out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+        reduce_scatter_dim0(out, grad.contiguous(), op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
+class _ReduceFromWorkers(torch.autograd.Function):
+    """All-reduce (sum) forward; identity backward: the output of a layer split by inputs."""
+
+    @staticmethod
+    def forward(ctx, input_: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        out = input_.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class _CopyToWorkers(torch.autograd.Function):
+    """Identity forward; all-reduce (sum) backward: a tensor every worker holds whole whose users
+    each give back a partial gradient (a layer split by outputs, a replicated weight)."""
+
+    @staticmethod
+    def forward(ctx, input_: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        return input_.view_as(input_)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
+def _single(group: dist.ProcessGroup | None) -> bool:
+    return group is None or dist.get_world_size(group) == 1
+
+
+def gather_batch(input_: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Every worker's samples stacked in rank order on every worker; the identity for a group of one."""
+    return input_ if _single(group) else _GatherBatch.apply(input_, group)
+
+
+def reduce_from_workers(input_: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """The sum of every worker's partial tensor on every worker."""
+    return input_ if _single(group) else _ReduceFromWorkers.apply(input_, group)
+
+
+def copy_to_workers(input_: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """``input_`` itself, its gradient summed over the workers in backward."""
+    return input_ if _single(group) else _CopyToWorkers.apply(input_, group)
+
+
 class _GatherOnDevices(torch.autograd.Function):
     """Within one process: every part concatenated on every part's device; backward, each
     part's slice of every copy's gradient, summed on the part's own device."""
