@@ -127,7 +127,11 @@ def test_the_command_line_reports_bad_input_as_one_paragraph_and_status_2():
 
 
 def test_registry_lists_every_strategy_as_runnable():
-    assert strategies.available() == ["paper", "single", "data-parallel", "hybrid"]
+    assert strategies.available() == ["paper", "single", "data-parallel", "hybrid", "one-weird-trick", "megatron",
+                                      "data-parallel-4", "one-weird-trick-4"]
+    trick4 = strategies.STRATEGIES["one-weird-trick-4"]
+    assert trick4.processes == 4 and trick4.local_batch(128) == 32 and [trick4.part(r) for r in range(4)] == [0, 1, 2, 3]
+    assert strategies.STRATEGIES["megatron"].local_batch(128) == 128
     assert strategies.STRATEGIES["data-parallel"].local_batch(128) == 64
     hybrid = strategies.STRATEGIES["hybrid"]
     assert hybrid.processes == 4 and [hybrid.part(r) for r in range(4)] == [0, 0, 1, 1]
