@@ -166,6 +166,11 @@ class Planned(Placement):
                              writer=not replica or self.rank == 0))
         return out
 
+    def own(self, of=lambda p: p) -> dict[int | None, dict[str, torch.Tensor]]:
+        """``of(parameter)`` for every parameter held here, on the CPU, under this worker's column
+        (None where the convolutions are whole)."""
+        return {self.modules_held()[0][0]: {s.name: of(s.param).detach().cpu() for s in self.shards()}}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = run(self.net.network(x.to(self.devices[0], non_blocking=True)), self._meet)
         if self.plan.splits_batch:  # every worker's samples went through fc6-fc8: keep this worker's

@@ -31,10 +31,11 @@ from ..data import build_eval_loader, build_train_loader, dataset_info, make_dat
 from ..data.device_source import synthetic_info
 from ..errors import ConfigError, UserError
 from ..model import AlexNet
-from ..parallel import Placement, WholeNetwork, place_column, place_columns, place_on_device
+from ..parallel import Placement, WholeNetwork, place_column, place_columns, place_on_device, plans
+from ..parallel.planned import place_plan
 from . import checkpoint as ckpt
 from . import graph as step_graph
-from .distributed import Layout, setup, teardown
+from .distributed import Layout, every_rank_a_replica, setup, teardown
 from .eta import final_validation_needed, validates_after_epoch
 from .evaluate import evaluate
 from .lock import RunLock
@@ -135,6 +136,8 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> Placement:
     net = AlexNet(num_classes, dropout=m.dropout, lrn_alpha=m.lrn_alpha, lrn_impl=m.lrn_impl, init=m.init,
                   fused_relu_lrn_pool=m.fused_relu_lrn_pool)
     p = cfg.parallelism
+    if p.plan != "paper":
+        return _place_plan(net, cfg, layout)
     if layout.distributed:
         return place_column(net, layout.mp_group, layout.devices[0], overlap=p.overlap)
     if p.overlap:
@@ -148,6 +151,18 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> Placement:
     if p.one_process == "columns" or not one_device:
         return place_columns(net, layout.devices)
     return place_on_device(net, layout.devices[0])
+
+
+def _place_plan(net: AlexNet, cfg: Config, layout: Layout) -> Placement:
+    """``[parallelism] plan`` other than the paper's: every rank one worker of the plan."""
+    p = cfg.parallelism
+    if not layout.distributed or p.overlap or cfg.checkpoint.enable:
+        why = ("runs on worker processes: launch it with torchrun --nproc_per_node=2 (or 4 for one-weird-trick)"
+               if not layout.distributed else "overlaps nothing yet: set [parallelism] overlap = false"
+               if p.overlap else "cannot be checkpointed yet (checkpoints hold the paper's columns): set "
+               "[checkpoint] enable = false")
+        raise ConfigError(f"[parallelism] plan = {p.plan!r} {why}.")
+    return place_plan(net, plans.get(p.plan), dist.group.WORLD, layout.devices[0])
 
 
 def _agree(flags: list[bool], layout: Layout) -> list[bool]:
@@ -182,6 +197,8 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.layout = setup(cfg.training.device, cfg.parallelism.data_parallel)
+        if plans.get(cfg.parallelism.plan).splits_batch:
+            self.layout = every_rank_a_replica(self.layout)
         self.run_dir = Path(cfg.job.dump_folder) / cfg.job.name
         self.lock = None
         try:
@@ -214,15 +231,15 @@ class Trainer:
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         step_module: torch.nn.Module = self.model
-        if self.layout.dp_size > 1:  # each column's gradients averaged over its replicas, during backward
+        ddp = self.layout.dp_size > 1 and cfg.parallelism.plan == "paper"  # other plans sum their own gradients
+        if ddp:  # each column's gradients averaged over its replicas, during backward
             from torch.nn.parallel import DistributedDataParallel
 
             dev = self.layout.devices[0]
             step_module = DistributedDataParallel(self.model, process_group=self.layout.dp_group,
                                                   device_ids=[dev.index] if dev.type == "cuda" else None,
                                                   bucket_cap_mb=cfg.parallelism.bucket_mb, broadcast_buffers=False)
-        self._dp_bytes = (sum(q.numel() * q.element_size() for q in self.model.parameters())
-                          if self.layout.dp_size > 1 else 0)
+        self._dp_bytes = sum(q.numel() * q.element_size() for q in self.model.parameters()) if ddp else 0
         self.forward = torch.compile(step_module) if t.compile else step_module
         self.autocast = dict(device_type=self.layout.devices[0].type, dtype=torch.bfloat16,
                              enabled=t.mixed_precision == "bf16")
@@ -249,8 +266,9 @@ class Trainer:
         self._forward_s: float | None = None
         self._pending: list[PendingStep] = []
         self._skip: torch.Tensor | None = None  # 1 once any rank's loss was not finite: no update from then on
-        # dropout differs between columns (each drops its own units) and replicas
-        torch.manual_seed(cfg.job.seed * 1000 + 1 + self.layout.rank)
+        # dropout differs between columns (each drops its own units) and replicas; the other plans draw
+        # every layer's whole mask alike on every worker (parallel/planned.py)
+        torch.manual_seed(cfg.job.seed * 1000 + 1 + (self.layout.rank if cfg.parallelism.plan == "paper" else 0))
         self.stop = _Stop()
         self.metrics = Metrics(cfg, self.layout, self.run_dir, self.info)
 

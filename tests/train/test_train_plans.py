@@ -1,0 +1,79 @@
+"""Training under ``[parallelism] plan``: the 2014 scheme and the Megatron pairing on two gloo
+workers, a few steps each, equal the single-device run on the same batches (fp32 judged against
+float64, relative to the single-device fp32 run's own error)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alexnet_mp.parallel.planned import assemble
+from alexnet_mp.parallel.spawn import run_workers
+
+from train_fixtures import config, dataset, single_device_losses, within_fp32_noise  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.multiprocess
+
+STEPS = 3
+FACTOR = 4.0
+"""As ``alexnet_mp.commands.verify.FLOAT32_FACTOR``: the same rounding in another summation order."""
+WEIGHT_FLOOR = 2.0**-24 * 64
+
+
+def _config(dataset, tmp_path, plan, batch_size):  # noqa: F811
+    return config(dataset, tmp_path, **{"training.max_steps": STEPS, "training.batch_size": batch_size,
+                                         "checkpoint.enable": False, "optimizer.lr": 0.001, "model.init": "kaiming",
+                                         "data.column_feed": "duplicate", "parallelism.plan": plan,
+                                         "job.name": plan})
+
+
+def _worker(rank, world, cfgs):
+    from alexnet_mp.train.trainer import Trainer
+
+    out = []
+    for cfg in cfgs:
+        trainer = Trainer(cfg)
+        try:
+            trainer.train()
+            parts = [(s.name, s.offsets, s.param.detach().clone()) for s in trainer.model.shards() if s.writer]
+            out.append((trainer.losses, parts, (trainer.layout.dp_rank, trainer.layout.dp_size)))
+        finally:
+            trainer.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def references(dataset, tmp_path_factory):  # noqa: F811
+    cfg = _config(dataset, tmp_path_factory.mktemp("reference"), "paper", 4)
+    return (single_device_losses(cfg, STEPS, batch_size=4),
+            single_device_losses(cfg, STEPS, batch_size=4, dtype=torch.float64))
+
+
+def test_training_under_each_plan_equals_one_device(dataset, tmp_path, references):  # noqa: F811
+    # the 2014 scheme: 2 images on each worker (4 in all); Megatron: both workers on the same 4
+    cfgs = (_config(dataset, tmp_path, "one-weird-trick", 2), _config(dataset, tmp_path, "megatron", 4))
+    results = run_workers(_worker, 2, (cfgs,), threads=1)
+    (fp32_losses, fp32_model), (exact_losses, exact_model) = references
+    trick, megatron = ([r[i] for r in results] for i in range(2))
+    assert [r[2] for r in trick] == [(0, 2), (1, 2)]  # every worker its own part of the batch
+    assert [r[2] for r in megatron] == [(0, 1), (0, 1)]  # both workers the same batch
+    within_fp32_noise([(trick[0][0][s] + trick[1][0][s]) / 2 for s in range(STEPS)], fp32_losses, exact_losses,
+                      FACTOR)
+    within_fp32_noise(megatron[0][0], fp32_losses, exact_losses, FACTOR)
+    assert megatron[0][0] == megatron[1][0]
+    fp32 = dict(fp32_model.named_parameters())
+    for plan in (trick, megatron):
+        weights = assemble([p for r in plan for p in r[1]], 2)
+        for name, exact in exact_model.named_parameters():
+            def rel(w):
+                return ((w.detach().double() - exact.detach()).norm() / exact.detach().norm()).item()
+
+            assert rel(weights[name]) <= FACTOR * max(rel(fp32[name]), WEIGHT_FLOOR), name
+
+
+def test_a_plan_in_one_process_is_refused_by_name(dataset, tmp_path):  # noqa: F811
+    from alexnet_mp.errors import ConfigError
+    from alexnet_mp.train.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="plan = 'megatron' runs on worker processes: launch it with torchrun"):
+        Trainer(_config(dataset, tmp_path, "megatron", 4))
