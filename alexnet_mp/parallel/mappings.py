@@ -6,6 +6,12 @@ each column computes for the gathered tensor is partial — all-gather forward, 
 backward. The logits, gathered so that every column computes the same loss, pass 1/W of
 their gradient each, or the reduce-scatter would add W copies of it.
 
+The other plans (:mod:`.plans`) add the rest of Megatron's set: the batch gathered along dim 0
+(the 2014 scheme's exchange before fc6, reduce-scatter backward), all-reduce forward with identity
+backward (a layer split by inputs) and identity forward with all-reduce backward (a tensor every
+worker holds whole whose users each give back part of its gradient: a replicated weight, or the
+input of a layer split by outputs after an all-reduce).
+
 Across processes the Functions take ``(input_, group)`` and nothing else; within one process
 (every column held here, on its own device or all on one) a gather is a copy between
 devices. What crossed is recorded around them (:mod:`.stats`), not inside.

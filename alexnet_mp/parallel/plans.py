@@ -25,14 +25,6 @@ from .. import layers as L
 
 Placed = Literal["replicated", "outputs", "inputs"]
 Kind = Literal["gather", "batch", "reduce", "copy", "grads"]
-KINDS: dict[str, tuple[str, str]] = {
-    "gather": ("all-gather of the features forward", "reduce-scatter backward"),
-    "batch": ("all-gather of the batch forward", "reduce-scatter backward"),
-    "reduce": ("all-reduce forward", "identity backward"),
-    "copy": ("identity forward", "all-reduce backward"),
-    "grads": ("identity forward", "all-reduce of the replicated weight's gradient backward"),
-}
-"""Each crossing's collective and its dual (:mod:`.mappings`)."""
 OPS: dict[str, dict[str, str | None]] = {
     "gather": {"forward": "all-gather", "backward": "reduce-scatter"},
     "batch": {"forward": "all-gather", "backward": "reduce-scatter"},
@@ -40,7 +32,10 @@ OPS: dict[str, dict[str, str | None]] = {
     "copy": {"forward": None, "backward": "all-reduce"},
     "grads": {"forward": None, "backward": "all-reduce"},
 }
-"""The collective each kind runs per direction (None: nothing crosses)."""
+"""The collective each kind runs per direction (None: nothing crosses): ``gather`` the features (the
+paper's exchange), ``batch`` the samples (the 2014 scheme's at fc6), ``reduce`` a layer's partial
+outputs (split by inputs), ``copy`` a whole tensor whose users give back partial gradients, ``grads``
+a replicated weight's gradient (:mod:`.mappings`)."""
 
 
 @dataclass(frozen=True, slots=True)

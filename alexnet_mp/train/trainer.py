@@ -266,8 +266,7 @@ class Trainer:
         self._forward_s: float | None = None
         self._pending: list[PendingStep] = []
         self._skip: torch.Tensor | None = None  # 1 once any rank's loss was not finite: no update from then on
-        # dropout differs between columns (each drops its own units) and replicas; the other plans draw
-        # every layer's whole mask alike on every worker (parallel/planned.py)
+        # dropout differs between columns and replicas; other plans draw it alike everywhere (planned.py)
         torch.manual_seed(cfg.job.seed * 1000 + 1 + (self.layout.rank if cfg.parallelism.plan == "paper" else 0))
         self.stop = _Stop()
         self.metrics = Metrics(cfg, self.layout, self.run_dir, self.info)
