@@ -204,6 +204,7 @@ class Trainer:
         try:
             self.lock = prepare_run_dir(self.run_dir, self.layout)
             self._build()
+            self._check_even_evaluation()
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
@@ -335,6 +336,21 @@ class Trainer:
         return build_train_loader(self.cfg.data, batch_size=self.cfg.training.batch_size, seed=self.cfg.job.seed,
                                   epoch=p.epoch, start_step=p.step_in_epoch, dp_rank=lay.dp_rank,
                                   dp_size=lay.dp_size, mp_group=lay.mp_group, device=lay.devices[0])
+
+    def _check_even_evaluation(self) -> None:
+        """Under a plan whose workers each run their own samples through an exchange, every worker must
+        evaluate as many images, batch by batch, as the others (or the exchange would wait forever)."""
+        lay, v = self.layout, self.cfg.validation
+        if not lay.every_rank_a_replica:
+            return
+        counts = {"the validation images": self.info.num_val}
+        if v.ten_crop != "never" and v.ten_crop_images:
+            counts["[validation] ten_crop_images"] = min(v.ten_crop_images, self.info.num_val)
+        for what, n in counts.items():
+            if n % lay.dp_size:
+                raise ConfigError(f"[parallelism] plan = {self.cfg.parallelism.plan!r} evaluates {n} images "
+                                  f"({what}) on {lay.dp_size} workers, each its equal share, and {n} does not divide "
+                                  f"by {lay.dp_size}: use a count that does, or another plan.")
 
     def _eval_loader(self, ten_crop: bool):
         lay = self.layout
