@@ -166,6 +166,10 @@ class Planned(Placement):
                              writer=not replica or self.rank == 0))
         return out
 
+    def whole(self, of=lambda p: p) -> dict[str, torch.Tensor]:
+        raise ValueError("a worker of a plan holds part of the network: assemble every worker's writer shards "
+                         "with alexnet_mp.parallel.planned.assemble")
+
     def own(self, of=lambda p: p) -> dict[int | None, dict[str, torch.Tensor]]:
         """``of(parameter)`` for every parameter held here, on the CPU, under this worker's column
         (None where the convolutions are whole)."""

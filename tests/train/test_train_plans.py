@@ -69,6 +69,24 @@ def test_training_under_each_plan_equals_one_device(dataset, tmp_path, reference
                 return ((w.detach().double() - exact.detach()).norm() / exact.detach().norm()).item()
 
             assert rel(weights[name]) <= FACTOR * max(rel(fp32[name]), WEIGHT_FLOOR), name
+    _export_and_resume_under_the_paper(assemble([p for r in trick for p in r[1]], 2), tmp_path)
+
+
+def _export_and_resume_under_the_paper(weights, tmp_path):
+    """The 2014 run's writer shards, placed at their offsets, are one single-device state dict: it loads
+    with weights_only=True into AlexNet and into the paper's two columns, which compute the same logits."""
+    from alexnet_mp import AlexNet
+    from alexnet_mp.parallel import place_columns
+
+    torch.save({k: v.float() for k, v in weights.items()}, tmp_path / "export.pt")
+    state = torch.load(tmp_path / "export.pt", weights_only=True)
+    net = AlexNet(2, dropout=0.0)
+    net.load_state_dict(state)
+    columns = place_columns(AlexNet(2, dropout=0.0), ["cpu", "cpu"])
+    columns.load_reference_state(state)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(columns.whole()["fc7.weight"], state["fc7.weight"])
+    assert torch.allclose(columns(x), net(x), rtol=1e-5, atol=1e-6)
 
 
 def test_a_plan_in_one_process_is_refused_by_name(dataset, tmp_path):  # noqa: F811
