@@ -254,10 +254,17 @@ class ParallelismConfig(Section):
     ``columns`` on two."""
     bucket_mb: float = 25.0
     """DDP's gradient bucket size in MiB when there are data-parallel replicas (DDP's default: 25)."""
+    plan: str = "paper"
+    """How the layers are placed (docs/architecture.md): ``paper`` (the 2012 split, with data-parallel
+    replicas on a 2 x D world), ``one-weird-trick`` (2014: convolutions replicated on each worker's part
+    of the batch, fc6-fc8 split over every worker) or ``megatron`` (fc7 by inputs, 2 workers)."""
 
     def check(self) -> None:
+        from .parallel.plans import PLANS
+
         self.require("data_parallel", self.data_parallel >= 0, "a whole number >= 0")
         self.require("bucket_mb", self.bucket_mb > 0, "a size in MiB > 0")
+        self.require("plan", self.plan in PLANS, f"one of {', '.join(PLANS)}")
 
 
 @dataclass(kw_only=True, slots=True)

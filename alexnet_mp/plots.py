@@ -35,7 +35,8 @@ MEMORY_PARTS = {"parameters": "parameters", "gradients": "gradients", "optimizer
 _PART_COLOURS = {"parameters": "#4c72b0", "gradients": "#55a868", "optimizer_state": "#8172b2",
                  "activations": "#dd8452", "layer_outputs": "#ccb974", "resident": "#4c72b0",
                  "max_allocated": "#4c72b0"}
-_GROUP_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860"]
+_GROUP_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2", "#937860", "#da8bc3", "#8c8c8c", "#ccb974",
+                  "#64b5cd"]
 
 
 _DIR = {"forward": "fwd", "backward": "bwd"}

@@ -37,7 +37,7 @@ def _state():
 
 
 def _meta(step: int) -> dict:
-    return {"num_classes": 1000, "world_size": 1, "placement": "WholeNetwork", "batch_size": 128, "seed": 0,
+    return {"num_classes": 1000, "world_size": 1, "placement": "WholeNetwork", "global_batch": 128, "seed": 0,
             "global_step": step, "optimizer": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005},
             "states": {}, "healthy": None, "loss": None, "config": {}}
 

@@ -103,8 +103,10 @@ def _(mo, plots, time, verify_batch):
 @app.cell
 def _(mo):
     profile_batch = mo.ui.slider(2, 256, step=2, value=128, label="profile: global batch size", show_value=True)
-    profile_names = mo.ui.multiselect(["paper", "single", "data-parallel", "hybrid"],
-                                      value=["paper", "single", "data-parallel", "hybrid"], label="strategies")
+    profile_names = mo.ui.multiselect(["paper", "single", "data-parallel", "hybrid", "one-weird-trick", "megatron",
+                                       "data-parallel-4", "one-weird-trick-4"],
+                                      value=["paper", "single", "data-parallel", "hybrid", "one-weird-trick",
+                                             "megatron"], label="strategies")
     measure = mo.ui.run_button(label="measure on this machine (real steps in worker processes: about a minute "
                                      "per strategy on a CPU)")
     return measure, profile_batch, profile_names
@@ -116,7 +118,10 @@ def _(mo, plots, profile_batch, profile_names):
     mo.vstack([
         mo.md("## 3. The profiler: per-device memory and bytes per exchange\n\n"
               "The paper's split (two columns, one per device), one device, data parallelism (the whole net on "
-              "each of two devices, half the batch each) and the hybrid (two replicas of the split). "
+              "each of two devices, half the batch each), the hybrid (two replicas of the split), Krizhevsky's "
+              "2014 scheme (convolutions data-parallel, fc6-fc8 split over every worker's samples) and Megatron's "
+              "pairing (fc7 split by inputs; the same bytes as the paper's split, one collective fewer each way; "
+              "docs/profile.md derives which moves fewest bytes at which batch). "
               "Analytic at once, from the layer table: parameters, gradients and momentum exactly, and each "
               "device's share of every layer's output (a lower bound on the activations backward keeps)."),
         mo.hstack([profile_batch, profile_names], justify="start", gap=2),

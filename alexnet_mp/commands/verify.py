@@ -38,8 +38,10 @@ from .. import layers as L
 from ..errors import UserError
 from ..model import AlexNet
 from ..parallel import DIRECTIONS, ExchangeStats, Placement, place_columns, place_column
+from ..parallel import plans
 from ..parallel.columns import merge_columns
 from ..parallel.devices import rank_device
+from ..parallel.planned import assemble, place_plan
 from ..parallel.spawn import run_workers
 
 SCHEMA = "alexnet-mp/verify/2"
@@ -143,6 +145,24 @@ def _worker(rank: int, world: int, case: Case, gpus: int) -> dict[str, Any]:
             "bytes": _stats_bytes(split.stats), "device": str(device), "backend": dist.get_backend()}
 
 
+def _plan_worker(rank: int, world: int, case: Case, gpus: int, plan_name: str) -> dict[str, Any]:
+    """One worker of a plan other than the paper's (runs in a spawned worker): its part of the batch
+    where the plan splits it, the whole batch otherwise."""
+    _strict_fp32()
+    device = rank_device(rank, world, gpus).device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    plan = plans.get(plan_name)
+    placed = place_plan(reference(case, torch.device("cpu")), plan, dist.group.WORLD, device)
+    x, y = batch(case)
+    if plan.splits_batch:
+        x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+    logits, loss = step(placed, x.to(device, case.torch_dtype), y)
+    grads = [(s.name, s.offsets, s.param.grad.detach().cpu()) for s in placed.shards() if s.writer]
+    return {"logits": logits, "loss": loss, "grads": grads, "bytes": _stats_bytes(placed.stats),
+            "device": str(device), "backend": dist.get_backend()}
+
+
 def _tensors(out: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {"logits": out["logits"], "loss": out["loss"], **{f"grad {n}": g for n, g in out["grads"].items()}}
 
@@ -163,11 +183,20 @@ def _judge(split: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], single:
     return rows
 
 
-def _exchanges(bytes_: dict, case: Case) -> tuple[dict, list[str], bool]:
-    analytic = L.exchange_bytes(case.batch_size, num_classes=case.num_classes,
-                                element_size=torch.empty(0, dtype=case.torch_dtype).element_size())
-    table = {e: {d: {"analytic": analytic[e],
-                     "measured": [bytes_.get(c, {}).get(d, {}).get(e, 0) for c in range(L.COLUMNS)]}
+def analytic_bytes(case: Case, plan: str = "paper", workers: int = L.COLUMNS) -> dict[str, dict[str, int]]:
+    """Bytes each worker hands every exchange per direction, from the layer table."""
+    size = torch.empty(0, dtype=case.torch_dtype).element_size()
+    if plan == "paper":
+        sent = L.exchange_bytes(case.batch_size, num_classes=case.num_classes, element_size=size)
+        return {e: {d: n for d in DIRECTIONS} for e, n in sent.items()}
+    return {c.name: c.bytes(case.batch_size, workers, size)
+            for c in plans.crossings(plans.get(plan), workers, case.num_classes)}
+
+
+def _exchanges(bytes_: dict, case: Case, plan: str = "paper", workers: int = L.COLUMNS) -> tuple[dict, list[str], bool]:
+    analytic = analytic_bytes(case, plan, workers)
+    table = {e: {d: {"analytic": analytic[e][d],
+                     "measured": [bytes_.get(c, {}).get(d, {}).get(e, 0) for c in range(workers)]}
                  for d in DIRECTIONS} for e in analytic}
     exact = all(m == v["analytic"] for ex in table.values() for v in ex.values() for m in v["measured"])
     unexpected = sorted({e for per in bytes_.values() for d in per.values() for e in d} - set(analytic))
@@ -175,9 +204,9 @@ def _exchanges(bytes_: dict, case: Case) -> tuple[dict, list[str], bool]:
 
 
 def _compare(name: str, out: dict[str, Any], bytes_: dict, ref: dict, single: dict | None, case: Case,
-             extra: dict) -> dict[str, Any]:
+             extra: dict, plan: str = "paper", workers: int = L.COLUMNS) -> dict[str, Any]:
     tensors = _judge(_tensors(out), ref, single, case)
-    exchanges, unexpected, exact = _exchanges(bytes_, case)
+    exchanges, unexpected, exact = _exchanges(bytes_, case, plan, workers)
     within = all(t["rel"] <= t["allowed"] for t in tensors.values())
     return {"name": name, **extra, "tensors": tensors, "exchanges": exchanges, "unexpected_exchanges": unexpected,
             "worst": max(t["rel"] / t["allowed"] for t in tensors.values()), "bytes_exact": exact,
@@ -202,10 +231,55 @@ def _check(batch_size: int, seed: int, num_classes: int, device: str, dtype: str
     return Case(batch_size, seed, num_classes, dtype), ("cuda" if device == "auto" and gpus else device), gpus
 
 
-def run(batch_size: int = 8, seed: int = 0, num_classes: int = 1000, *,
-        device: str = "auto", processes: bool = True, dtype: str = "float64") -> dict[str, Any]:
+def _processes(case: Case, device: str, gpus: int, ref: dict, single: dict | None) -> dict[str, Any]:
+    """The paper's split on two worker processes, one column each."""
+    # One GPU per rank: NCCL. Two ranks on one GPU: gloo with CUDA tensors (NCCL refuses).
+    gpus_used = gpus if device == "cuda" else 0
+    placed = rank_device(0, L.COLUMNS, gpus_used)
+    results = run_workers(_worker, L.COLUMNS, (case, gpus_used), backend=placed.backend,
+                          threads=None if gpus_used else 1)
+    r0 = results[0]
+    out = {"logits": r0["logits"], "loss": r0["loss"],
+           "grads": {n: merge_columns([r["grads"][n] for r in results]) for n in r0["grads"]}}
+    bytes_ = {c: b for r in results for c, b in r["bytes"].items()}
+    run_ = _compare("processes", out, bytes_, ref, single, case,
+                    {"devices": [r["device"] for r in results], "backend": r0["backend"]})
+    run_["ranks_agree"] = all(torch.equal(r["logits"], r0["logits"]) for r in results)
+    run_["ok"] = run_["ok"] and run_["ranks_agree"]
+    return run_
+
+
+def _plan_processes(case: Case, device: str, gpus: int, ref: dict, single: dict | None, plan: str,
+                    workers: int) -> dict[str, Any]:
+    """A plan other than the paper's on ``workers`` worker processes; the whole network's gradients
+    assembled from every worker's parts at their offsets (each element written once)."""
+    gpus_used = gpus if device == "cuda" else 0
+    results = run_workers(_plan_worker, workers, (case, gpus_used, plan),
+                          backend=rank_device(0, workers, gpus_used).backend, threads=None if gpus_used else 1)
+    return plan_report(results, case, ref, single, plan)
+
+
+def plan_report(results: list[dict[str, Any]], case: Case, ref: dict, single: dict | None, plan: str) -> dict[str, Any]:
+    """Every worker's results of a plan, judged against the reference."""
+    r0, workers = results[0], len(results)
+    split = plans.get(plan).splits_batch
+    out = {"logits": torch.cat([r["logits"] for r in results]) if split else r0["logits"],
+           "loss": torch.stack([r["loss"] for r in results]).mean() if split else r0["loss"],
+           "grads": assemble([g for r in results for g in r["grads"]], case.num_classes)}
+    bytes_ = {c: b for r in results for c, b in r["bytes"].items()}
+    run_ = _compare("processes", out, bytes_, ref, single, case,
+                    {"devices": [r["device"] for r in results], "backend": r0["backend"]}, plan, workers)
+    if not split:  # every worker holds every logit
+        run_["ranks_agree"] = all(torch.equal(r["logits"], r0["logits"]) for r in results)
+        run_["ok"] = run_["ok"] and run_["ranks_agree"]
+    return run_
+
+
+def run(batch_size: int = 8, seed: int = 0, num_classes: int = 1000, *, device: str = "auto",
+        processes: bool = True, dtype: str = "float64", plan: str = "paper", workers: int = L.COLUMNS) -> dict[str, Any]:
     """Run every comparison and return the JSON-ready report (schema ``SCHEMA``)."""
     case, device, gpus = _check(batch_size, seed, num_classes, device, dtype)
+    _check_plan(plan, workers, case, processes)
     _strict_fp32()
     x, y = batch(case)
     # Within one process: on cuda:0 and cuda:1 if there are two GPUs, both on one GPU, or CPU.
@@ -216,33 +290,37 @@ def run(batch_size: int = 8, seed: int = 0, num_classes: int = 1000, *,
     single = None
     if case.dtype == "float32":
         single = _tensors(_outputs(reference(case, local[0]), x.to(local[0]), y, _single_grads))
-    split = place_columns(ref_model.to(case.torch_dtype), local)  # the reference itself, cut in two
-    runs = [_compare("one_process", _outputs(split, x.to(local[0], case.torch_dtype), y, _grads),
-                     _stats_bytes(split.stats), ref, single, case,
-                     {"devices": [str(d) for d in local], "backend": None})]
-    del split
-
-    if processes:
-        # One GPU per rank: NCCL. Two ranks on one GPU: gloo with CUDA tensors (NCCL refuses).
-        gpus_used = gpus if device == "cuda" else 0
-        placed = rank_device(0, L.COLUMNS, gpus_used)
-        results = run_workers(_worker, L.COLUMNS, (case, gpus_used), backend=placed.backend,
-                              threads=None if gpus_used else 1)
-        r0 = results[0]
-        out = {"logits": r0["logits"], "loss": r0["loss"],
-               "grads": {n: merge_columns([r["grads"][n] for r in results]) for n in r0["grads"]}}
-        bytes_ = {c: b for r in results for c, b in r["bytes"].items()}
-        run_ = _compare("processes", out, bytes_, ref, single, case,
-                        {"devices": [r["device"] for r in results], "backend": r0["backend"]})
-        run_["ranks_agree"] = all(torch.equal(r["logits"], r0["logits"]) for r in results)
-        run_["ok"] = run_["ok"] and run_["ranks_agree"]
-        runs.append(run_)
-
+    runs = []
+    if plan == "paper":
+        split = place_columns(ref_model.to(case.torch_dtype), local)  # the reference itself, cut in two
+        runs.append(_compare("one_process", _outputs(split, x.to(local[0], case.torch_dtype), y, _grads),
+                             _stats_bytes(split.stats), ref, single, case,
+                             {"devices": [str(d) for d in local], "backend": None}))
+        del split
+        if processes:
+            runs.append(_processes(case, device, gpus, ref, single))
+    else:
+        runs.append(_plan_processes(case, device, gpus, ref, single, plan, workers))
     criterion = ({"kind": "absolute", "relative": FLOAT64_TOLERANCE} if single is None else
                  {"kind": "relative_to_single_fp32", "factor": FLOAT32_FACTOR, "floor": float32_floor(batch_size)})
     return {"schema": SCHEMA, "ok": all(r["ok"] for r in runs), "batch_size": batch_size, "seed": seed,
-            "num_classes": num_classes, "dtype": dtype, "reference": "single-device AlexNet in float64",
-            "criterion": criterion, "torch": torch.__version__, "runs": {r.pop("name"): r for r in runs}}
+            "num_classes": num_classes, "dtype": dtype, "plan": plan, "workers": workers,
+            "reference": "single-device AlexNet in float64", "criterion": criterion, "torch": torch.__version__,
+            "runs": {r.pop("name"): r for r in runs}}
+
+
+def _check_plan(plan: str, workers: int, case: Case, processes: bool) -> None:
+    if plan not in plans.PLANS:
+        raise UserError(f"--plan {plan!r} is not accepted: one of {', '.join(plans.PLANS)}.")
+    why = plans.get(plan).workers_allowed(workers, case.num_classes)
+    if why:
+        raise UserError(f"--workers {workers} is not accepted for plan {plan!r}: {why}.")
+    if plans.get(plan).splits_batch and case.batch_size % workers:
+        raise UserError(f"--batch-size {case.batch_size} is not accepted for plan {plan!r}: each of the "
+                        f"{workers} workers runs an equal part of the batch, so use a multiple of {workers}.")
+    if plan != "paper" and not processes:
+        raise UserError(f"--one-process-only is not accepted with --plan {plan}: that plan runs on worker "
+                        "processes only (the paper's split also runs within one process).")
 
 
 def _criterion_line(report: dict[str, Any]) -> str:
@@ -254,8 +332,10 @@ def _criterion_line(report: dict[str, Any]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
+    plan = report.get("plan", "paper")
+    where = "" if plan == "paper" else f", plan {plan} on {report['workers']} workers"
     lines = [f"alexnet-mp verify: batch {report['batch_size']}, seed {report['seed']}, "
-             f"{report['num_classes']} classes, split in {report['dtype']}", _criterion_line(report)]
+             f"{report['num_classes']} classes, split in {report['dtype']}{where}", _criterion_line(report)]
     fp32 = report["criterion"]["kind"] != "absolute"
     for name, r in report["runs"].items():
         where = ", ".join(r["devices"]) + (f" ({r['backend']})" if r["backend"] else "")
@@ -266,11 +346,13 @@ def format_report(report: dict[str, Any]) -> str:
             flag = "" if d["rel"] <= d["allowed"] else "  <-- over"
             lines.append(f"  {label:<20}{d['max_abs']:>11.2e}{d['max_rel']:>11.2e}{d['rel']:>11.2e}"
                          + (f"{d['single_rel']:>13.2e}" if fp32 else "") + f"{d['allowed']:>11.1e}{flag}")
-        lines.append(f"  {'exchange':<10}{'direction':<10}{'analytic B':>12}{'column 0 B':>12}{'column 1 B':>12}")
+        who = "column" if report.get("plan", "paper") == "paper" else "worker"
+        lines.append(f"  {'exchange':<12}{'direction':<10}{'analytic B':>12}"
+                     + "".join(f"{f'{who} {i} B':>12}" for i in range(len(r["devices"]))))
         for e, per in r["exchanges"].items():
             for d, v in per.items():
                 flag = "" if all(m == v["analytic"] for m in v["measured"]) else "  <-- differs"
-                lines.append(f"  {e:<10}{d:<10}{v['analytic']:>12,}" + "".join(f"{m:>12,}" for m in v["measured"]) + flag)
+                lines.append(f"  {e:<12}{d:<10}{v['analytic']:>12,}" + "".join(f"{m:>12,}" for m in v["measured"]) + flag)
         if r["unexpected_exchanges"]:
             lines.append(f"  unexpected traffic: {', '.join(r['unexpected_exchanges'])}")
         if "ranks_agree" in r and not r["ranks_agree"]:
@@ -292,10 +374,16 @@ def format_report(report: dict[str, Any]) -> str:
 @click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True,
               help=f"float64: the split in float64, rel <= {FLOAT64_TOLERANCE:g}. float32: the split in fp32, "
                    f"within {FLOAT32_FACTOR:g}x the single-device fp32 model's own error against float64.")
+@click.option("--plan", default="paper", show_default=True, metavar="NAME",
+              help=f"How the layers are placed: {', '.join(plans.PLANS)} (docs/architecture.md).")
+@click.option("--workers", type=int, default=L.COLUMNS, show_default=True,
+              help="Worker processes of the plan (the paper and megatron: 2; one-weird-trick: any that divides "
+                   "the layers and the batch).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (docs/verify.md).")
 def verify_command(batch_size: int, seed: int, num_classes: int, device: str, one_process_only: bool, dtype: str,
-                   as_json: bool) -> None:
+                   plan: str, workers: int, as_json: bool) -> None:
     """Prove that the split computes the same function as the single-device AlexNet."""
-    report = run(batch_size, seed, num_classes, device=device, processes=not one_process_only, dtype=dtype)
+    report = run(batch_size, seed, num_classes, device=device, processes=not one_process_only, dtype=dtype,
+                 plan=plan, workers=workers)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     raise SystemExit(0 if report["ok"] else 1)

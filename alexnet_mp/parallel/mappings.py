@@ -6,6 +6,12 @@ each column computes for the gathered tensor is partial — all-gather forward, 
 backward. The logits, gathered so that every column computes the same loss, pass 1/W of
 their gradient each, or the reduce-scatter would add W copies of it.
 
+The other plans (:mod:`.plans`) add the rest of Megatron's set: the batch gathered along dim 0
+(the 2014 scheme's exchange before fc6, reduce-scatter backward), all-reduce forward with identity
+backward (a layer split by inputs) and identity forward with all-reduce backward (a tensor every
+worker holds whole whose users each give back part of its gradient: a replicated weight, or the
+input of a layer split by outputs after an all-reduce).
+
 Across processes the Functions take ``(input_, group)`` and nothing else; within one process
 (every column held here, on its own device or all on one) a gather is a copy between
 devices. What crossed is recorded around them (:mod:`.stats`), not inside.
@@ -124,6 +130,74 @@ def gather_logits(input_: torch.Tensor, group: dist.ProcessGroup | None) -> torc
     if group is None or dist.get_world_size(group) == 1:
         return input_
     return _ScaleGradient.apply(gather_from_columns(input_, group), 1.0 / dist.get_world_size(group))
+
+
+class _GatherBatch(torch.autograd.Function):
+    """All-gather of the batch (dim 0) forward; reduce-scatter of the partial gradient backward
+    (every worker's slice of the next layer used every sample)."""
+
+    @staticmethod
+    def forward(ctx, input_: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        out = gather_buffer(input_, dist.get_world_size(group))
+        all_gather_dim0(out, input_.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        world = dist.get_world_size(ctx.group)
+        out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+        reduce_scatter_dim0(out, grad.contiguous(), op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
+class _ReduceFromWorkers(torch.autograd.Function):
+    """All-reduce (sum) forward; identity backward: the output of a layer split by inputs."""
+
+    @staticmethod
+    def forward(ctx, input_: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        out = input_.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class _CopyToWorkers(torch.autograd.Function):
+    """Identity forward; all-reduce (sum) backward: a tensor every worker holds whole whose users
+    each give back a partial gradient (a layer split by outputs, a replicated weight)."""
+
+    @staticmethod
+    def forward(ctx, input_: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        return input_.view_as(input_)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
+def _single(group: dist.ProcessGroup | None) -> bool:
+    return group is None or dist.get_world_size(group) == 1
+
+
+def gather_batch(input_: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Every worker's samples stacked in rank order on every worker; the identity for a group of one."""
+    return input_ if _single(group) else _GatherBatch.apply(input_, group)
+
+
+def reduce_from_workers(input_: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """The sum of every worker's partial tensor on every worker."""
+    return input_ if _single(group) else _ReduceFromWorkers.apply(input_, group)
+
+
+def copy_to_workers(input_: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """``input_`` itself, its gradient summed over the workers in backward."""
+    return input_ if _single(group) else _CopyToWorkers.apply(input_, group)
 
 
 class _GatherOnDevices(torch.autograd.Function):

@@ -29,7 +29,7 @@ from torch import nn
 from .. import layers as L
 from ..errors import DistributedError
 from ..model import AlexNet, Network, run
-from .columns import check_reference_state, column_of, merge_columns, split_columns, take_column
+from .columns import check_reference_state, merge_columns, split_columns, take_column
 from .mappings import gather_from_columns, gather_logits, gather_on_devices, mean_of_copies
 from .overlap import Overlapped
 from .stats import ExchangeStats, record_forward, watch_backward
@@ -46,6 +46,22 @@ class Shard:
     column: int | None
     """The column whose half this is, or None when it is the whole tensor (both columns)."""
     param: nn.Parameter
+    offsets: tuple[int, ...] | None = None
+    """Where ``param`` starts along each dim of the whole tensor; by default from ``column``
+    (the whole tensor at 0, or the column's half along dim 0)."""
+    writer: bool = True
+    """False on all but one of the workers that hold the same part (replicas): one copy is written."""
+
+    def __post_init__(self) -> None:
+        if self.offsets is None:
+            first = 0 if self.column is None else self.column * self.param.shape[0]
+            object.__setattr__(self, "offsets", (first,) + (0,) * (self.param.dim() - 1))
+
+    def of(self, whole: torch.Tensor) -> torch.Tensor:
+        """This shard's part of the whole tensor ``whole`` (a view)."""
+        for dim, (start, size) in enumerate(zip(self.offsets, self.param.shape)):
+            whole = whole.narrow(dim, start, size)
+        return whole
 
 
 class Placement(nn.Module):
@@ -92,7 +108,7 @@ class Placement(nn.Module):
         check_reference_state(state)
         with torch.no_grad():
             for s in self.shards():
-                s.param.copy_(state[s.name] if s.column is None else column_of(state[s.name], s.column))
+                s.param.copy_(s.of(state[s.name]))
 
 
 class WholeNetwork(Placement):

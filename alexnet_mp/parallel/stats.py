@@ -115,3 +115,21 @@ def watch_backward(stats: ExchangeStats, columns: Sequence[int], name: str, part
         full.register_hook(arrived)
     for column, part, size in zip(columns, parts, sizes):
         part.register_hook(done(column, size))
+
+
+def record_crossing(stats: ExchangeStats, key: int, name: str, x: torch.Tensor,
+                    exchange: Callable[[torch.Tensor], torch.Tensor], forward: int, backward: int) -> torch.Tensor:
+    """``exchange(x)``, recorded under ``key``. ``forward`` / ``backward``: how many times its tensor's bytes
+    the worker hands the collective in each direction (``W - 1`` for a gather or reduce-scatter, 1 for an
+    all-reduce, 0 where nothing crosses); the backward is timed from the gradient reaching the result
+    to it reaching ``x``, and counted from the gradient itself."""
+    start = stats.clock([x])
+    y = exchange(x)
+    if forward:
+        stats.record(key, name, "forward", nbytes(x) * forward, stats.clock([y]) - start)
+    if backward and x.requires_grad and y.requires_grad:
+        arrived: list[float] = []
+        y.register_hook(lambda g: arrived.append(stats.clock([g])))
+        x.register_hook(lambda g: stats.record(key, name, "backward", nbytes(g) * backward,
+                                               stats.clock([g]) - arrived[0] if arrived else 0.0))
+    return y

@@ -13,6 +13,7 @@ from math import prod
 from typing import Literal
 
 from .. import layers as L
+from ..parallel import plans
 
 RING = "ring"
 
@@ -71,6 +72,40 @@ def hybrid_transfers(batch_size: int, replicas: int, *, num_classes: int = 1000,
                       ring_allreduce_wire(n // L.COLUMNS, replicas))
              for name, n in reversed(per_layer.items())]
     return paper_transfers(batch_size // replicas, num_classes=num_classes, element_size=element_size) + grads
+
+
+def plan_transfers(plan: str, batch_size: int, world: int, *, num_classes: int = 1000,
+                   element_size: int = 4) -> list[Transfer]:
+    """A plan's exchanges (:func:`alexnet_mp.parallel.plans.crossings`), each direction its collective:
+    what a worker hands it (as ``ExchangeStats`` records) and what it puts on the wire."""
+    result = []
+    for c in plans.crossings(plans.get(plan), world, num_classes):
+        for direction, n in c.bytes(batch_size, world, element_size).items():
+            op = plans.OPS[c.kind][direction]
+            if op:
+                wire = ring_allreduce_wire(n, world) if op == "all-reduce" else n
+                result.append(Transfer(c.name, op, direction, n, wire))
+    return result
+
+
+def plan_memory(plan: str, batch_size: int, world: int, *, num_classes: int = 1000,
+                element_size: int = 4) -> dict[str, int]:
+    """Bytes one worker of ``plan`` holds: parameters, gradients and momentum exact (a layer whole,
+    or its slice; a layer by inputs keeps its whole bias), and its share of every layer's output."""
+    p = plans.get(plan)
+    local = batch_size // world if p.splits_batch else batch_size
+    params = outputs = 0
+    for s in L.shapes(num_classes):
+        placed = p.of(s.layer.name)
+        kept = s.neurons + (prod(s.next_shape) if s.layer.pool else 0)
+        if placed == "replicated":
+            params, outputs = params + s.params, outputs + kept * local
+        elif placed == "outputs":
+            params, outputs = params + s.params // world, outputs + kept // world * batch_size
+        else:
+            params, outputs = params + (s.params - s.layer.out) // world + s.layer.out, outputs + kept * batch_size
+    return {"parameters": params * element_size, "gradients": params * element_size,
+            "optimizer_state": params * element_size, "layer_outputs": outputs * element_size}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +219,9 @@ def device_memory(strategy: str, batch_size: int, *, num_classes: int = 1000,
     from . import strategies
 
     s = strategies.get(strategy)
+    if s.plan is not None:
+        return [plan_memory(s.plan, batch_size, s.processes, num_classes=num_classes, element_size=element_size)
+                for _ in range(s.processes)]
     devices_per_replica = s.processes // s.batch_parts  # 2 for the split's columns, 1 for a whole net
     params = (L.total_params(num_classes) if devices_per_replica == 1 else L.column_params(num_classes))
     outputs = layer_output_floats(num_classes) // devices_per_replica * s.local_batch(batch_size)

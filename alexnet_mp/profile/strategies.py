@@ -19,7 +19,8 @@ from torch import nn
 from .. import layers as L
 from ..errors import ConfigError, UserError
 from ..model import AlexNet
-from ..parallel import ExchangeStats, place_column, place_on_device
+from ..parallel import ExchangeStats, place_column, place_on_device, plans
+from ..parallel.planned import place_plan
 from . import analytic
 
 
@@ -142,6 +143,23 @@ class DataParallelReplica(Replica):
         super().__init__(_data_parallel(whole, ctx.group, stats, ctx.rank), stats)
 
 
+class PlanReplica(Replica):
+    """One worker of a plan (:mod:`alexnet_mp.parallel.plans`): the 2014 scheme or the Megatron pairing."""
+
+    def __init__(self, ctx: RankContext, plan: str) -> None:
+        stats = ExchangeStats(sync_cuda=ctx.device.type == "cuda")
+        model = place_plan(AlexNet(ctx.num_classes), plans.get(plan), ctx.group, ctx.device, stats)
+        super().__init__(model, stats)
+        self.column = model.modules_held()[0][0]
+
+
+def _plan_strategy(plan: str, workers: int, name: str | None = None) -> "Strategy":
+    p = plans.get(plan)
+    return Strategy(name=name or plan, summary=f"{p.summary}, {workers} workers", processes=workers,
+                    batch_parts=workers if p.splits_batch else 1, build=lambda ctx: PlanReplica(ctx, plan),
+                    transfers=lambda b, c: analytic.plan_transfers(plan, b, workers, num_classes=c), plan=plan)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Strategy:
     """One way to place the net: its processes, its batch split and its analytic traffic."""
@@ -161,6 +179,8 @@ class Strategy:
     """Analytic transfers per step for (global batch, classes)."""
     coming: str = ""
     """Where a not-yet-available strategy will come from."""
+    plan: str | None = None
+    """The plan (:mod:`alexnet_mp.parallel.plans`) it runs, for the plans other than the paper's."""
 
     def threads(self, total: int) -> int:
         """Intra-op threads per process on CPU: ``total`` cores shared by the ranks."""
@@ -187,6 +207,13 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy(name="hybrid", summary="2 replicas of the paper's split on a ('dp', 'mp') = (2, 2) mesh",
              processes=2 * L.COLUMNS, batch_parts=2, ranks_per_part=L.COLUMNS, build=HybridReplica,
              transfers=lambda b, c: analytic.hybrid_transfers(b, 2, num_classes=c)),
+    _plan_strategy("one-weird-trick", 2),
+    _plan_strategy("megatron", 2),
+    Strategy(name="data-parallel-4", summary="the whole net on each of 4 devices, a quarter of the batch each, "
+                                             "gradients all-reduced",
+             processes=4, batch_parts=4, build=DataParallelReplica,
+             transfers=lambda b, c: analytic.data_parallel_transfers(4, num_classes=c)),
+    _plan_strategy("one-weird-trick", 4, "one-weird-trick-4"),
 )}
 """Every strategy the profiler knows, in the order the comparison lists them."""
 

@@ -33,6 +33,7 @@ so the same command resumes from weights known to be good.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -108,19 +109,22 @@ def momentum_key(name: str) -> str:
     return f"optimizer.{name}.momentum_buffer"
 
 
-def _pieces(placement, key: Callable[[str], str], of: Callable[[torch.nn.Parameter], torch.Tensor]) -> list[Piece]:
-    """``of(parameter)`` for every parameter held, as blocks of the whole network's tensors: a
-    column's tensors are the dim-0 halves of the whole network's (:func:`~..parallel.columns.column_of`)."""
-    out = []
-    for s in placement.shards():
-        t = of(s.param)
-        rest = tuple(t.shape[1:])
-        if s.column is None:
-            out.append(whole_piece(key(s.name), t))
-        else:
-            out.append(Piece(key(s.name), t, (s.column * t.shape[0],) + (0,) * len(rest),
-                             (t.shape[0] * L.COLUMNS, *rest)))
-    return out
+def _pieces(placement, key: Callable[[str], str], of: Callable[[torch.nn.Parameter], torch.Tensor], *,
+            writers: bool = False) -> list[Piece]:
+    """``of(parameter)`` for every parameter held (only the writers of replicated ones with
+    ``writers``), as blocks of the whole network's tensors at the shard's offsets."""
+    whole = _whole_shapes(placement.num_classes)
+    return [Piece(key(s.name), of(s.param), tuple(s.offsets), whole[s.name]) for s in placement.shards()
+            if s.writer or not writers]
+
+
+@functools.cache
+def _whole_shapes(num_classes: int) -> dict[str, tuple[int, ...]]:
+    """The single-device network's tensor shapes: what every placement's blocks are parts of."""
+    from ..model import AlexNet
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in AlexNet(num_classes).state_dict().items()}
 
 
 def whole_piece(key: str, tensor: torch.Tensor) -> Piece:
@@ -163,12 +167,12 @@ def _has_momentum(optimizer) -> bool:
 
 def pieces_to_save(placement, optimizer, rank: int, devices, *, writes_model: bool = True) -> list[Piece]:
     """Everything this rank saves: its blocks of the weights and momentum buffers (unless another
-    replica of the same column writes them) and its RNG state."""
+    replica writes them) and its RNG state."""
     out = []
     if writes_model:
-        out += _pieces(placement, model_key, _weight)
+        out += _pieces(placement, model_key, _weight, writers=True)
         if _has_momentum(optimizer):
-            out += _pieces(placement, momentum_key, _momentum(optimizer))
+            out += _pieces(placement, momentum_key, _momentum(optimizer), writers=True)
     return out + [whole_piece(k, v) for k, v in _rng_state(rank, devices).items()]
 
 
@@ -473,8 +477,9 @@ def check_compatible(path: Path, meta: dict, expected: dict) -> None:
     """A checkpoint of another network shape cannot be resumed: say which value differs."""
     for key, want in expected.items():
         if meta.get(key) != want:
+            what = " ([training] batch_size x data-parallel replicas)" if key == "global_batch" else ""
             raise CheckpointError(f"{path} was written with {key} = {meta.get(key)!r}, but this run has "
-                                  f"{key} = {want!r}; resume it with the same setting or use another [job] name.")
+                                  f"{key} = {want!r}{what}; resume it with the same setting or use another [job] name.")
 
 
 def load(path: str | Path, *, placement, optimizer, rank: int, devices, meta: dict | None = None) -> dict[str, Any]:
@@ -548,7 +553,9 @@ class Checkpointer:
         meta = {**self.facts, "global_step": step, "optimizer": optimizer_hyperparameters(self.optimizer),
                 "states": {name: state.state_dict() for name, state in self.states.items()},
                 "healthy": None if finite else False, "loss": None}
-        pieces = pieces_to_save(self.placement, self.optimizer, lay.rank, lay.devices, writes_model=lay.dp_rank == 0)
+        # replicas of a column hold the same blocks: the first writes them (a plan marks its own writers)
+        first = lay.dp_rank == 0 or lay.every_rank_a_replica
+        pieces = pieces_to_save(self.placement, self.optimizer, lay.rank, lay.devices, writes_model=first)
         path = save(self.run_dir, pieces=pieces, meta=meta, rank=lay.rank, world_size=lay.world_size,
                     group=lay.control_group, keep_latest=self.keep_latest)
         self.saved_at, self._unjudged = step, (path if finite else None)
@@ -566,7 +573,7 @@ class Checkpointer:
         if path is None:
             return None
         meta = read_meta(path)
-        check_compatible(path, meta, {k: self.facts[k] for k in ("num_classes", "batch_size", "seed")})
+        check_compatible(path, meta, {k: self.facts[k] for k in ("num_classes", "global_batch", "seed")})
         self._load_states(path, meta)
         lay = self.layout
         load(path, placement=self.placement, optimizer=self.optimizer, rank=lay.rank, devices=lay.devices, meta=meta)

@@ -101,7 +101,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_classes": (L.classes_accepted, f"an even whole number from 2 to {L.MAX_CLASSES:,}"),
     "world_size": _ints(1, MAX_WORLD),
     "placement": (lambda v: isinstance(v, str) and bool(_NAME.match(v)), "a placement's name"),
-    "batch_size": _ints(1, 1 << 24),
+    "global_batch": _ints(1, 1 << 30),
     "seed": _ints(0, 1 << 63),
     "global_step": _ints(0, MAX_STEP),
     "optimizer": (_optimizer, "a table of settings with lr > 0, momentum >= 0 and weight_decay >= 0"),

@@ -35,8 +35,10 @@ def convert(old: Path, new: Path) -> dict:
     state = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in index.state_dict_metadata.items()
              if isinstance(v, TensorStorageMetadata)}
     dcp.load(state, checkpoint_id=str(old), no_dist=True)
-    world = meta["world_size"]
-    meta = {k: v for k, v in meta.items() if k not in ("format", "lr")}
+    world, meta_batch = meta["world_size"], meta["batch_size"]
+    replicas = world // 2 if world > 1 else 1  # the earlier trainer's 2 x D world
+    meta = {k: v for k, v in meta.items() if k not in ("format", "lr", "batch_size")}
+    meta["global_batch"] = meta_batch * replicas
     meta = {"format": FORMAT, **meta, "placement": "WholeNetwork" if world == 1 else "ColumnParallel",
             "files": [ckpt.tensor_file(0)]}
     partial = new.with_name(new.name + ".partial")

@@ -46,6 +46,8 @@ class Layout:
     group, already gloo. With NCCL a flag on a CUDA tensor would make the host wait for the GPU."""
     placed: RankDevice | None = None
     """This rank's device and backend (:func:`~alexnet_mp.parallel.devices.rank_device`); None in one process."""
+    every_rank_a_replica: bool = False
+    """Every rank runs its own part of the batch (the 2014 scheme), not a column of a pair."""
 
     @property
     def distributed(self) -> bool:
@@ -59,6 +61,9 @@ class Layout:
         if not self.distributed:
             where = " and ".join(str(d) for d in self.devices)
             return f"one process holds both columns ({where})"
+        if self.every_rank_a_replica:
+            return (f"world {self.world_size}, every rank its own part of the batch, backend {self.backend}, this "
+                    f"rank: worker {self.rank} on {self.placed.describe() if self.placed else self.devices[0]}")
         return (f"world {self.world_size} = {self.dp_size} data-parallel x {COLUMNS} columns, mesh ('dp', 'mp') "
                 f"= ({self.dp_size}, {COLUMNS}), backend {self.backend}, this rank: column "
                 f"{self.rank % COLUMNS} of replica {self.dp_rank} on "
@@ -139,3 +144,14 @@ def teardown(layout: Layout) -> None:
         dist.destroy_process_group()
     while _listeners:
         _listeners.pop().close()
+
+
+def every_rank_a_replica(layout: Layout) -> Layout:
+    """The layout of a plan whose workers each run their own part of the batch (the 2014 scheme):
+    every rank its own data replica over the whole world, no column pairs to feed alike."""
+    if not layout.distributed:
+        return layout
+    layout.dp_rank, layout.dp_size = layout.rank, layout.world_size
+    layout.mp_group, layout.dp_group = None, dist.group.WORLD
+    layout.every_rank_a_replica = True
+    return layout

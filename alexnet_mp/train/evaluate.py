@@ -47,7 +47,10 @@ def evaluate(model, loader, *, ten_crop: bool, dp_group=None, device=None, on_fe
             hits = top == labels[:, None]
             counts += torch.tensor([hits[:, 0].sum().item(), hits.any(1).sum().item(), len(labels)], dtype=torch.float64)
             if on_features is not None:
-                on_features(captured[0].cpu(), images.cpu(), labels)
+                fc7 = captured[0]
+                if fc7.shape[0] != images.shape[0]:  # the 2014 scheme: fc8 saw every worker's samples, rank by rank
+                    fc7 = fc7.narrow(0, dist.get_rank() * images.shape[0], images.shape[0])
+                on_features(fc7.cpu(), images.cpu(), labels)
                 captured.clear()
     finally:
         if hook is not None:

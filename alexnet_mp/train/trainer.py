@@ -31,11 +31,12 @@ from ..data import build_eval_loader, build_train_loader, dataset_info, make_dat
 from ..data.device_source import synthetic_info
 from ..errors import CheckpointError, ConfigError, UserError
 from ..model import AlexNet
-from ..parallel import Placement, WholeNetwork, place_column, place_columns, place_on_device
+from ..parallel import Placement, WholeNetwork, place_column, place_columns, place_on_device, plans
+from ..parallel.planned import place_plan
 from . import checkpoint as ckpt
 from . import graph as step_graph
 from .checkpoint_meta import check_position
-from .distributed import Layout, setup, teardown
+from .distributed import Layout, every_rank_a_replica, setup, teardown
 from .eta import final_validation_needed, validates_after_epoch
 from .evaluate import evaluate
 from .lock import RunLock
@@ -142,6 +143,8 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> Placement:
     net = AlexNet(num_classes, dropout=m.dropout, lrn_alpha=m.lrn_alpha, lrn_impl=m.lrn_impl, init=m.init,
                   fused_relu_lrn_pool=m.fused_relu_lrn_pool)
     p = cfg.parallelism
+    if p.plan != "paper":
+        return _place_plan(net, cfg, layout)
     if layout.distributed:
         return place_column(net, layout.mp_group, layout.devices[0], overlap=p.overlap)
     if p.overlap:
@@ -155,6 +158,16 @@ def build_model(cfg: Config, layout: Layout, num_classes: int) -> Placement:
     if p.one_process == "columns" or not one_device:
         return place_columns(net, layout.devices)
     return place_on_device(net, layout.devices[0])
+
+
+def _place_plan(net: AlexNet, cfg: Config, layout: Layout) -> Placement:
+    """``[parallelism] plan`` other than the paper's: every rank one worker of the plan."""
+    p = cfg.parallelism
+    if not layout.distributed or p.overlap:
+        why = ("runs on worker processes: launch it with torchrun --nproc_per_node=2 (or 4 for one-weird-trick)"
+               if not layout.distributed else "overlaps nothing yet: set [parallelism] overlap = false")
+        raise ConfigError(f"[parallelism] plan = {p.plan!r} {why}.")
+    return place_plan(net, plans.get(p.plan), dist.group.WORLD, layout.devices[0])
 
 
 def _agree(flags: list[bool], layout: Layout) -> list[bool]:
@@ -189,11 +202,14 @@ class Trainer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.layout = setup(cfg.training.device, cfg.parallelism.data_parallel)
+        if plans.get(cfg.parallelism.plan).splits_batch:
+            self.layout = every_rank_a_replica(self.layout)
         self.run_dir = Path(cfg.job.dump_folder) / cfg.job.name
         self.lock = None
         try:
             self.lock = prepare_run_dir(self.run_dir, self.layout)
             self._build()
+            self._check_even_evaluation()
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
@@ -218,15 +234,18 @@ class Trainer:
             self.run_dir, placement=self.model, optimizer=self.optimizer, layout=self.layout,
             states={"position": self.position, "schedule": self.schedule}, keep_latest=cfg.checkpoint.keep_latest,
             facts={"num_classes": self.num_classes, "world_size": self.layout.world_size,
-                   "placement": type(self.model).__name__,
-                   "batch_size": cfg.training.batch_size, "seed": cfg.job.seed, "config": cfg.to_dict()})
+                   "placement": type(self.model).__name__ if cfg.parallelism.plan == "paper" else
+                   f"plan-{cfg.parallelism.plan}",
+                   # the images of a step over all replicas: what a resume under another layout must keep
+                   "global_batch": cfg.training.batch_size * self.layout.dp_size, "seed": cfg.job.seed,
+                   "config": cfg.to_dict()})
         self.losses: list[float] = []  # this process's training loss per step, for tests and summaries
         self._last_loss = math.nan
         self._forward_s: float | None = None
         self._pending: list[PendingStep] = []
         self._skip: torch.Tensor | None = None  # 1 once any rank's loss was not finite: no update from then on
-        # dropout differs between columns (each drops its own units) and replicas
-        torch.manual_seed(cfg.job.seed * 1000 + 1 + self.layout.rank)
+        # dropout differs between columns and replicas; other plans draw it alike everywhere (planned.py)
+        torch.manual_seed(cfg.job.seed * 1000 + 1 + (self.layout.rank if cfg.parallelism.plan == "paper" else 0))
         self.stop = _Stop()
         self.metrics = Metrics(cfg, self.layout, self.run_dir, self.info)
 
@@ -258,14 +277,15 @@ class Trainer:
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         step_module: torch.nn.Module = self.model
-        if lay.dp_size > 1:  # each column's gradients averaged over its replicas, during backward
+        ddp = lay.dp_size > 1 and cfg.parallelism.plan == "paper"  # other plans sum their own gradients
+        if ddp:  # each column's gradients averaged over its replicas, during backward
             from torch.nn.parallel import DistributedDataParallel
 
             dev = lay.devices[0]
             step_module = DistributedDataParallel(self.model, process_group=lay.dp_group,
                                                   device_ids=[dev.index] if dev.type == "cuda" else None,
                                                   bucket_cap_mb=cfg.parallelism.bucket_mb, broadcast_buffers=False)
-        self._dp_bytes = sum(q.numel() * q.element_size() for q in self.model.parameters()) if lay.dp_size > 1 else 0
+        self._dp_bytes = sum(q.numel() * q.element_size() for q in self.model.parameters()) if ddp else 0
         self.forward = torch.compile(step_module) if t.compile else step_module
         self.autocast = dict(device_type=lay.devices[0].type, dtype=torch.bfloat16, enabled=t.mixed_precision == "bf16")
         o = cfg.optimizer
@@ -308,7 +328,7 @@ class Trainer:
 
     def _resharded(self, meta: dict) -> list[str]:
         """A checkpoint of another process layout loads (its tensors are resharded), but not exactly."""
-        was, now = (meta["world_size"], meta["placement"]), (self.layout.world_size, type(self.model).__name__)
+        was, now = (meta["world_size"], meta["placement"]), (self.layout.world_size, self.checkpoints.facts["placement"])
         if was == now:
             return []
         return [f"the checkpoint was written by {was[0]} process(es) as {was[1]}; this run is {now[0]} as {now[1]}: "
@@ -351,6 +371,21 @@ class Trainer:
         return build_train_loader(self.cfg.data, batch_size=self.cfg.training.batch_size, seed=self.cfg.job.seed,
                                   epoch=p.epoch, start_step=p.step_in_epoch, dp_rank=lay.dp_rank,
                                   dp_size=lay.dp_size, mp_group=lay.mp_group, device=lay.devices[0])
+
+    def _check_even_evaluation(self) -> None:
+        """Under a plan whose workers each run their own samples through an exchange, every worker must
+        evaluate as many images, batch by batch, as the others (or the exchange would wait forever)."""
+        lay, v = self.layout, self.cfg.validation
+        if not lay.every_rank_a_replica:
+            return
+        counts = {"the validation images": self.info.num_val}
+        if v.ten_crop != "never" and v.ten_crop_images:
+            counts["[validation] ten_crop_images"] = min(v.ten_crop_images, self.info.num_val)
+        for what, n in counts.items():
+            if n % lay.dp_size:
+                raise ConfigError(f"[parallelism] plan = {self.cfg.parallelism.plan!r} evaluates {n} images "
+                                  f"({what}) on {lay.dp_size} workers, each its equal share, and {n} does not divide "
+                                  f"by {lay.dp_size}: use a count that does, or another plan.")
 
     def _eval_loader(self, ten_crop: bool):
         lay = self.layout

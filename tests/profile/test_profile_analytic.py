@@ -127,7 +127,11 @@ def test_the_command_line_reports_bad_input_as_one_paragraph_and_status_2():
 
 
 def test_registry_lists_every_strategy_as_runnable():
-    assert strategies.available() == ["paper", "single", "data-parallel", "hybrid"]
+    assert strategies.available() == ["paper", "single", "data-parallel", "hybrid", "one-weird-trick", "megatron",
+                                      "data-parallel-4", "one-weird-trick-4"]
+    trick4 = strategies.STRATEGIES["one-weird-trick-4"]
+    assert trick4.processes == 4 and trick4.local_batch(128) == 32 and [trick4.part(r) for r in range(4)] == [0, 1, 2, 3]
+    assert strategies.STRATEGIES["megatron"].local_batch(128) == 128
     assert strategies.STRATEGIES["data-parallel"].local_batch(128) == 64
     hybrid = strategies.STRATEGIES["hybrid"]
     assert hybrid.processes == 4 and [hybrid.part(r) for r in range(4)] == [0, 0, 1, 1]
@@ -141,3 +145,19 @@ def test_a_folder_with_more_classes_than_fc8_is_refused(tmp_path):
             (tmp_path / split / f"class{k}" / "a.jpg").touch()  # counted, not decoded, by dataset_info
     with pytest.raises(UserError, match="3 classes but fc8 has --num-classes 2; give --num-classes 4"):
         ProfileConfig(data=str(tmp_path), num_classes=2)
+
+
+def _per_step(strategy: str, batch: int) -> int:
+    return sum(t.payload for t in strategies.get(strategy).transfers(batch, 1000))
+
+
+def test_which_plan_moves_fewest_bytes_where_docs_profile_says():
+    """The crossovers of docs/profile.md's table, from the plans' analytic transfers."""
+    assert _per_step("megatron", 128) == _per_step("paper", 128) == 31_576_064
+    assert _per_step("one-weird-trick", 128) == 18_761_216 and _per_step("one-weird-trick-4", 128) == 23_473_664
+    assert _per_step("paper", 53) < _per_step("one-weird-trick", 53)
+    assert _per_step("one-weird-trick", 54) < _per_step("paper", 54)
+    assert _per_step("one-weird-trick", 3185) < _per_step("data-parallel", 3185) < _per_step("one-weird-trick", 3186)
+    for b in (2, 128, 2048):
+        assert _per_step("one-weird-trick-4", b) < _per_step("hybrid", b)
+    assert _per_step("one-weird-trick-4", 2123) < _per_step("data-parallel-4", 2123) < _per_step("one-weird-trick-4", 2124)

@@ -35,7 +35,7 @@ MARKER = "alexnet_mp_payload_ran"
 
 
 def _meta(step: int, **extra) -> dict:
-    return {"num_classes": CLASSES, "world_size": 1, "placement": "WholeNetwork", "batch_size": 4, "seed": 0,
+    return {"num_classes": CLASSES, "world_size": 1, "placement": "WholeNetwork", "global_batch": 4, "seed": 0,
             "global_step": step, "optimizer": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005},
             "states": {"position": {"epoch": 0, "step_in_epoch": step, "global_step": step, "samples_seen": 4 * step},
                        "schedule": {"reductions": 0}},
@@ -174,7 +174,7 @@ def _resume(path: Path) -> None:
     position, schedule = Position(), EpochSchedule(base_lr=0.01, factor=0.1, at_epochs=(2,))
     ckpt.Checkpointer(path.parent.parent, placement=model, optimizer=optimizer, layout=layout,
                       states={"position": position, "schedule": schedule}, keep_latest=0,
-                      facts={"num_classes": CLASSES, "world_size": 1, "placement": "WholeNetwork", "batch_size": 4,
+                      facts={"num_classes": CLASSES, "world_size": 1, "placement": "WholeNetwork", "global_batch": 4,
                              "seed": 0, "config": {}}).resume()
 
 
@@ -353,7 +353,8 @@ def test_a_trusted_old_format_checkpoint_converts_exactly(genuine, tmp_path):
     old = tmp_path / "old"
     dcp.save({f"model.{k}": v for k, v in state.items()} | {"rng.rank0.cpu": torch.get_rng_state()},
              checkpoint_id=str(old), no_dist=True)
-    legacy = {k: v for k, v in meta.items() if k not in ("format", "files", "placement")}
+    legacy = {k: v for k, v in meta.items() if k not in ("format", "files", "placement", "global_batch")}
+    legacy["batch_size"] = meta["global_batch"]
     (old / ckpt.META).write_text(json.dumps({**legacy, "format": "alexnet-mp/checkpoint/3", "lr": 0.01}))
     result = CliRunner().invoke(main, ["convert-checkpoint", str(old), str(tmp_path / "new"), "--trust-pickle"])
     assert result.exit_code == 0, result.output

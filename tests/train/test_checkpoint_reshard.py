@@ -21,7 +21,7 @@ CLASSES = 4
 
 
 def _meta(world: int, placement: str) -> dict:
-    return {"num_classes": CLASSES, "world_size": world, "placement": placement, "batch_size": 4, "seed": 0,
+    return {"num_classes": CLASSES, "world_size": world, "placement": placement, "global_batch": 4, "seed": 0,
             "global_step": 1, "optimizer": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}, "states": {},
             "healthy": None, "loss": None, "config": {}}
 

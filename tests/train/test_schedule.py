@@ -41,10 +41,10 @@ def test_the_trainer_drops_the_lr_after_the_listed_epoch_and_a_resume_keeps_it(d
             "optimizer.lr": 0.004, "checkpoint.interval": 0}
     run_trainer(config(dataset, tmp_path, **{**sets, "training.max_steps": 24}))  # stops at the end of epoch 2
     meta = json.loads((ckpt.latest(tmp_path / "runs" / "t") / ckpt.META).read_text())
-    assert meta["states"]["schedule"] == {"reductions": 1} and meta["lr"] == pytest.approx(0.0004)
+    assert meta["states"]["schedule"] == {"reductions": 1} and meta["optimizer"]["lr"] == pytest.approx(0.0004)
     run_trainer(config(dataset, tmp_path, **sets))  # resumes into epoch 3 at the reduced lr
     meta = json.loads((ckpt.latest(tmp_path / "runs" / "t") / ckpt.META).read_text())
-    assert meta["global_step"] == 36 and meta["lr"] == pytest.approx(0.0004)
+    assert meta["global_step"] == 36 and meta["optimizer"]["lr"] == pytest.approx(0.0004)
 
 
 @pytest.mark.slow
