@@ -287,8 +287,9 @@ def _read_cache(cache: Path, split_dir: Path, classes: list[str], flat: bool) ->
     if header.get("split") != str(split_dir.resolve()) or any(k not in a or a[k].ndim != d for k, d in need.items()):
         return None
     n, off, bad, why_off = len(a["labels"]), a["path_offsets"], a["bad_index"], a["why_offsets"]
+    labels, sizes = a["labels"], a["sizes"]
     ok = (len(off) == n + 1 and off[0] == 0 and off[-1] == len(a["path_buf"]) and (np.diff(off) >= 0).all()
-          and a["sizes"].shape == (n, 2) and (a["sizes"] >= 0).all() and ((a["labels"] >= 0) & (a["labels"] < len(classes))).all()
+          and sizes.shape == (n, 2) and (sizes >= 0).all() and ((labels >= 0) & (labels < len(classes))).all()
           and len(why_off) == len(bad) + 1 and why_off[0] == 0 and why_off[-1] == len(a["why_buf"])
           and (np.diff(why_off) > 0).all() and ((bad >= 0) & (bad < n)).all() and (np.diff(bad) > 0).all())
     if not ok or not _inside_split(PathTable("", a["path_buf"], off), a["labels"], classes, flat):
@@ -308,7 +309,7 @@ def _check_all(paths: PathTable, *, threads: int, group, progress: bool) -> tupl
         if progress:
             import click
 
-            label = f"checking {paths.base}" + (f" (1/{world} of the files on each of {world} ranks)" if world > 1 else "")
+            label = f"checking {paths.base}" + (f" (1/{world} of the files on each rank)" if world > 1 else "")
             with click.progressbar(checked, length=len(mine), label=label, file=sys.stderr) as bar:
                 checked = list(bar)
         for i, (h, w, reason) in zip(mine, checked):
