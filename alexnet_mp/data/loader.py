@@ -16,7 +16,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .augment import load_color_stats, lighting_shift, plan_epoch
 from .config import DataConfig
-from .folder import scan_split
+from .folder import DatasetInfo, scan_split
 from .sharding import eval_positions, steps_per_epoch, train_positions
 
 log = logging.getLogger(__name__)
@@ -154,15 +154,19 @@ def _make_inner(cfg, split, idx, *, offsets, mirror, shift, stats, batch_size, d
                               pin_memory=pin)
 
 
-def index_dataset(cfg: DataConfig, *, group=None, progress: bool = False) -> None:
+def index_dataset(cfg: DataConfig, *, group=None, progress: bool = False) -> DatasetInfo:
     """Scan and cache both splits' file index once for the whole job, before any loader is built:
     every rank of ``group`` (a CPU process group; ``None``: this process alone) checks 1/world of
-    the files. The loaders built afterwards read the cached index."""
-    if cfg.source != "folder":
-        return
-    for split in ("train", "val"):
-        scan_split(cfg.path, split, on_bad_file="skip", threads=max(4, cfg.threads), cache_dir=cfg.cache_dir,
-                   group=group, progress=progress, **cfg.split_keys())
+    the files. The loaders built afterwards read the cached index. Returns the classes (with
+    ``class_names``' words) and the usable images per split, without listing the folders again."""
+    from .imagenet import names_for
+
+    splits = [scan_split(cfg.path, split, on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
+                         cache_dir=cfg.cache_dir, group=group, progress=progress, **cfg.split_keys())
+              for split in ("train", "val")]
+    classes = splits[0].classes
+    return DatasetInfo(root=splits[0].root, classes=classes, num_train=len(splits[0]), num_val=len(splits[1]),
+                       names=names_for(classes, cfg.class_names) if cfg.class_names else None)
 
 
 def build_train_loader(

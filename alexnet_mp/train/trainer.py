@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .. import layers as L
 from ..config import Config
-from ..data import build_eval_loader, build_train_loader, dataset_info, index_dataset, make_dataset
+from ..data import build_eval_loader, build_train_loader, index_dataset, make_dataset
 from ..data.imagenet import write_run_classes
 from ..data.device_source import synthetic_info
 from ..errors import ConfigError, UserError
@@ -199,10 +199,9 @@ class Trainer:
         _ensure_data(cfg, self.layout)
         d = cfg.data
         lay = self.layout
-        index_dataset(d, group=(lay.control_group or dist.group.WORLD) if lay.distributed else None,
-                      progress=lay.is_main)  # one split scan for the whole job
-        self.info = dataset_info(d.path, class_names=d.class_names, **d.split_keys()) if d.source == "folder" \
-            else synthetic_info(d.synthetic_images, d.synthetic_val_images, d.synthetic_classes)
+        group = (lay.control_group or dist.group.WORLD) if lay.distributed else None
+        self.info = index_dataset(d, group=group, progress=lay.is_main) if d.source == "folder" else \
+            synthetic_info(d.synthetic_images, d.synthetic_val_images, d.synthetic_classes)  # one scan for the job
         if lay.is_main and d.source == "folder":
             write_run_classes(self.run_dir, self.info.classes, self.info.names)  # for `alexnet-mp predict`
         num_classes = cfg.model.num_classes or self.info.num_classes
