@@ -17,33 +17,34 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 steps=${STEPS:-6}
 cd "$repo"
-train() {  # train RUN_NAME: the paper's config with CPU-sized overrides, one process for both columns
-  python launch/train.py --config configs/paper.toml \
-    --set job.name="\"$1\"" --set job.dump_folder="\"$work/runs\"" \
-    --set training.device='"cpu"' --set training.batch_size=4 --set training.max_steps="$steps" \
-    --set data.path="\"$root\"" --set data.val_labels="\"$standin/LOC_val_solution.csv\"" \
-    --set data.class_names="\"$standin/LOC_synset_mapping.txt\"" --set data.loader='"torchvision"' \
-    --set data.threads=1 --set data.cache_dir="\"$work/cache\"" \
-    --set validation.batch_size=25 --set validation.ten_crop='"never"' \
-    --set checkpoint.interval=1 --set metrics.log_freq=1 --set metrics.projector_images=8
-}
+# the paper's config with CPU-sized overrides, one process for both columns; the run name is added per run
+recipe=(launch/train.py --config configs/paper.toml --set job.dump_folder="\"$work/runs\""
+  --set training.device='"cpu"' --set training.batch_size=4 --set training.max_steps="$steps"
+  --set data.path="\"$root\"" --set data.val_labels="\"$standin/LOC_val_solution.csv\""
+  --set data.class_names="\"$standin/LOC_synset_mapping.txt\"" --set data.loader='"torchvision"'
+  --set data.threads=1 --set data.cache_dir="\"$work/cache\""
+  --set validation.batch_size=25 --set validation.ten_crop='"never"'
+  --set checkpoint.interval=1 --set metrics.log_freq=1 --set metrics.projector_images=8)
+fail() { tail -20 "$1" >&2; echo "failed: see above ($1)" >&2; exit 1; }
 echo "== uninterrupted: $steps steps" >&2
-train whole 2> "$work/whole.log"
+python "${recipe[@]}" --set job.name='"whole"' 2> "$work/whole.log" || fail "$work/whole.log"
 grep -E "^  (data|classes):|finished at" "$work/whole.log" >&2
 echo "== the same run, stopped by SIGTERM after step 2, then the same command again" >&2
-train stopped 2> "$work/stopped.log" &
+python "${recipe[@]}" --set job.name='"stopped"' 2> "$work/stopped.log" &
 pid=$!
 until grep -qE "step ([2-9]|[1-9][0-9]+)/" "$work/stopped.log" 2>/dev/null; do
   kill -0 "$pid" 2>/dev/null || { cat "$work/stopped.log" >&2; echo "the run ended before step 2" >&2; exit 1; }
   sleep 0.5
 done
-kill -TERM "$pid"
+kill -TERM "$pid"  # the trainer itself: it saves at the step boundary and leaves
 wait "$pid" || true
 grep -E "saved checkpoint|stopp" "$work/stopped.log" | tail -2 >&2
-train stopped 2> "$work/resumed.log"
+python "${recipe[@]}" --set job.name='"stopped"' 2> "$work/resumed.log" || fail "$work/resumed.log"
 grep -E "resumed from|finished at" "$work/resumed.log" >&2
 python -m alexnet_mp export "$work/runs/whole" --out "$work/whole.pt" >&2
 python -m alexnet_mp export "$work/runs/stopped" --out "$work/stopped.pt" >&2
+meta=$(ls -d "$work"/runs/stopped/checkpoints/step-*/ | tail -1)meta.json
+echo "checkpoint meta.json: $(wc -c < "$meta") bytes; classes.json: $(wc -c < "$work/runs/stopped/classes.json") bytes" >&2
 python - "$work/whole.pt" "$work/stopped.pt" <<'PY'
 import sys, torch
 a, b = (torch.load(p, weights_only=True) for p in sys.argv[1:])

@@ -105,7 +105,8 @@ def _class_folders(split_dir: Path) -> list[str]:
         )
     classes = sorted(e.name for e in _listing(split_dir, lambda e: e.is_dir() and not e.name.startswith(".")))
     if not classes:
-        raise DataError(f"{split_dir} holds no class folders; expected {split_dir}/<class>/*.jpg.")
+        flat = " (ImageNet's flat val/: set [data] val_labels to its ground truth)" if split_dir.name == "val" else ""
+        raise DataError(f"{split_dir} holds no class folders; expected {split_dir}/<class>/*.jpg{flat}.")
     return classes
 
 
@@ -386,7 +387,9 @@ def scan_split(
     """Lists and checks one split; bad files are skipped (logged) or raise a ``DataError``.
     Every rank of ``group`` (a CPU process group) must call it: each checks 1/world of the files."""
     root = Path(root)
-    classes = classes_of(root, flat_val=bool(val_labels))
+    val = root / "val"
+    flat_val = bool(val_labels) or split == "train" and val.is_dir() and not _listing(val, lambda e: e.is_dir())
+    classes = classes_of(root, flat_val=flat_val)  # the train split alone needs no val labels
     split_dir = root / split
     a = _index(root, split, classes, val_labels=val_labels if split == "val" else "", val_synsets=val_synsets,
                threads=threads, cache_dir=cache_dir, group=group, progress=progress)

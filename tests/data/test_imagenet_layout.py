@@ -150,3 +150,12 @@ def test_class_names_missing_a_class_or_naming_one_twice(mini, tmp_path):
 def test_a_missing_ground_truth_file_names_the_key(mini, tmp_path):
     with pytest.raises(DataError, match=r"\[data\] val_labels = '.*nope.csv': cannot read"):
         scan_split(mini / ROOT, "val", cache_dir=str(tmp_path / "c"), val_labels=str(tmp_path / "nope.csv"))
+
+
+def test_the_train_split_alone_needs_no_ground_truth_and_val_says_what_it_needs(mini, tmp_path):
+    """dataset-stats reads train/ only; a flat val/ without val_labels gets the key to set."""
+    p = plan(CLASSES, TRAIN, VAL, seed=3)
+    split = scan_split(mini / ROOT, "train", cache_dir=str(tmp_path / "c"))
+    assert [Path(f).name for f in split.files] == [n for names in p.train for n in sorted(names)]
+    with pytest.raises(DataError, match=r"val holds no class folders; .*set \[data\] val_labels to its ground truth"):
+        dataset_info(mini / ROOT)
