@@ -18,15 +18,6 @@ class DataConfig(Section):
     SECTION: ClassVar[str] = "data"
     path: str = "data/synthetic"
     """Dataset root holding ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (or a flat ``val/``: ``val_labels``)."""
-    val_labels: str = ""
-    """ImageNet's flat ``val/``: its ground truth, Kaggle's ``LOC_val_solution.csv`` or the devkit's
-    ``ILSVRC2012_validation_ground_truth.txt`` (detected); empty: ``val/<class>/`` folders."""
-    val_synsets: str = ""
-    """With the devkit's ground truth: its ID-to-wnid map, ``meta.mat`` (needs scipy) or a text file of
-    one wnid per line in ILSVRC2012_ID order; empty: the ``meta.mat`` beside ``val_labels``."""
-    class_names: str = ""
-    """Words for each class folder: ``LOC_synset_mapping.txt``, a ``wnid words`` file or the devkit's
-    ``meta.mat``; empty: classes are shown by folder name."""
     loader: Literal["dali", "torchvision", "nvjpeg"] = "dali"
     """``"dali"`` (NVIDIA DALI; without it installed: ``"nvjpeg"`` when decoding on a GPU, else
     ``"torchvision"``), ``"torchvision"`` (a ``DataLoader`` decoding on the CPU) or ``"nvjpeg"``
@@ -55,6 +46,15 @@ class DataConfig(Section):
     """Both columns' identical batch: ``"exchange"`` (each decodes half, all-gather) or ``"duplicate"``."""
     cache_dir: str = ""
     """Where the validated file index is cached; empty means ``~/.cache/alexnet-mp``."""
+    val_labels: str = ""
+    """ImageNet's flat ``val/``: its ground truth, Kaggle's ``LOC_val_solution.csv`` or the devkit's
+    ``ILSVRC2012_validation_ground_truth.txt`` (detected); empty: ``val/<class>/`` folders."""
+    val_synsets: str = ""
+    """With the devkit's ground truth: its ID-to-wnid map, ``meta.mat`` (needs scipy) or a text file of
+    one wnid per line in ILSVRC2012_ID order; empty: the ``meta.mat`` beside ``val_labels``."""
+    class_names: str = ""
+    """Words for each class folder: ``LOC_synset_mapping.txt``, a ``wnid words`` file or the devkit's
+    ``meta.mat``; empty: classes are shown by folder name."""
     generate_if_missing: bool = False
     """Training only: write the generated dataset (``alexnet-mp make-dataset``) at ``path`` if it has no train/."""
     generate_classes: int = 10

@@ -118,3 +118,28 @@ def test_a_checkpoint_without_names_says_how_to_give_them(run, tmp_path):
     assert code == 2 and "has no class names" in text and "--names FILE" in text and "Traceback" not in text
     code, named = _predict(copy, jpeg, "--names", out / "LOC_synset_mapping.txt")
     assert code == 0 and _parsed(named) == _parsed(_predict(run_dir, jpeg)[1])
+
+
+def test_the_scores_are_validation_s_ten_patch_average(run, tmp_path):
+    """predict() on its own, with a network whose outputs differ from patch to patch (random Kaiming
+    weights; the paper's init and a 3-step run give nearly the same softmax for every input): its
+    probabilities equal the ten-patch validation's, and the centre crop's differ."""
+    from alexnet_mp.model import AlexNet
+    from alexnet_mp.train.predict import predict, prepare
+
+    out, run_dir = run
+    _, meta = ckpt.reference_state(ckpt.latest(run_dir))
+    torch.manual_seed(0)
+    model = AlexNet(meta["num_classes"], init="kaiming").eval()
+    cfg = DataConfig(path=str(out / ROOT), loader="torchvision", threads=0, cache_dir=str(tmp_path / "c"),
+                     val_labels=str(out / "LOC_val_solution.csv"))
+    files = list(scan_split(cfg.path, "val", cache_dir=cfg.cache_dir, val_labels=cfg.val_labels).files)
+    with torch.no_grad():
+        want = torch.cat([model(x.flatten(0, 1)).softmax(-1).view(len(x), 10, -1).mean(1)
+                          for x, _ in build_eval_loader(cfg, batch_size=4, ten_crop=True)])
+    got = predict(model, prepare(files, meta, ten_crop=True), top=4, ten_crop=True)
+    centre = predict(model, prepare(files, meta, ten_crop=False), top=4, ten_crop=False)
+    assert want.max(1).values.min() < 0.99  # the patches disagree: the test can tell an average from one patch
+    for (k, p), row in zip(got, want):
+        assert np.allclose(p, row[k].numpy(), atol=1e-5) and k == row.argsort(descending=True).tolist()
+    assert max(abs(a - b) for (_, p), (_, q) in zip(got, centre) for a, b in zip(p, q)) > 1e-3
