@@ -147,3 +147,13 @@ def test_path_table_takes_and_selects_like_a_list():
     assert list(t) == [f"/r/{n}" for n in names] and t.take([3, 0]) == ["/r/d/4444.jpg", "/r/a/1.jpg"]
     keep = np.array([False, True, True, False])
     assert list(t.select(keep)) == ["/r/b/22.jpg", "/r/c/ü.jpg"]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 16])
+def test_the_class_prefix_check_in_chunks(chunk):
+    names = [b"cat", b"dog", b"emu"]
+    good = PathTable.from_strings("", ["cat/1.jpg", "dog/2.jpg", "emu/3.jpg", "dog/4.jpg", "cat/5.jpg"])
+    labels = np.array([0, 1, 2, 1, 0])
+    assert folder._prefixes_are_classes(good.buf, good.offsets[:-1], labels, names, chunk=chunk)
+    for wrong in ([0, 1, 2, 1, 1], [0, 1, 2, 2, 0]):  # the last entry, then one in a later chunk
+        assert not folder._prefixes_are_classes(good.buf, good.offsets[:-1], np.array(wrong), names, chunk=chunk)
