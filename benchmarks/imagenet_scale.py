@@ -116,7 +116,7 @@ def child_startup(root: Path, cache: str, loader: str, step: int) -> dict:
     cfg = DataConfig(path=str(root), loader=loader, threads=2, cache_dir=cache, **keys(root))
     batches = build_train_loader(cfg, batch_size=BATCH, seed=0, epoch=EPOCH, start_step=step, device="cpu")
     built = time.perf_counter()
-    images, labels = next(iter(batches))
+    images, _ = next(iter(batches))
     return {"loader": loader, "epoch": EPOCH, "start_step": step, "import_and_build_s": built - t0,
             "first_batch_s": time.perf_counter() - built,
             "steps_in_epoch": len(batches), "batch": list(images.shape), "process_rss_mb": rss_mb()}

@@ -178,7 +178,7 @@ def _flat_listing(val_dir: Path, classes: list[str], val_labels: str, val_synset
     index = {c: k for k, c in enumerate(classes)}
     seen: dict[str, int] = {}
     for r in rows:
-        why = ("names it a second time (first on line {})".format(seen[r.name]) if r.name in seen else
+        why = (f"names it a second time (first on line {seen[r.name]})" if r.name in seen else
                f"gives the class {r.wnid!r}, which is not a folder of {val_dir.parent / 'train'}"
                if r.wnid not in index else
                f"names {r.name}, which is not in {val_dir}" if r.name not in present else "")

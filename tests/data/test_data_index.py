@@ -117,7 +117,7 @@ def test_a_hostile_cache_is_rescanned_never_followed(tiny_root, tmp_path, monkey
     cache_dir = tmp_path / "c"
     first = folder.scan_split(tiny_root, "val", cache_dir=str(cache_dir))
     (cache,) = cache_dir.iterdir()
-    header, arrays = read_index(cache)
+    _, arrays = read_index(cache)
     names = [PathTable("", arrays["path_buf"], arrays["path_offsets"]).relative(i) for i in range(len(first))]
     _rewrite(cache, **HOSTILE[case](names, arrays["labels"]))
     calls = _counting(monkeypatch)
