@@ -1,7 +1,7 @@
 """ImageNet's shape at full size: the file index, the epoch order, resume and the ten patches at 1.28M files.
 
-    python benchmarks/imagenet_standin.py /tmp/imagenet        # the stand-in (minutes, ~250 MB)
-    python benchmarks/imagenet_scale.py /tmp/imagenet          # every measurement below, ~15 min on 2 cores
+    python benchmarks/imagenet_standin.py /tmp/imagenet        # the stand-in (time and size: docs/benchmarks.md)
+    python benchmarks/imagenet_scale.py /tmp/imagenet          # every measurement below
 
 Each measurement runs in its own process (clean resident memory) and prints one JSON line;
 the summary goes to ``--out`` (default ``benchmarks/results/imagenet_scale_cpu.json``).

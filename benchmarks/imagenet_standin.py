@@ -13,7 +13,7 @@ writes, as the Kaggle download and the devkit lay them out::
     OUT/ILSVRC2012_devkit_t12/data/wnids_by_id.txt (the same map as text: one wnid per line, ID order)
 
 Every image is a hard link to one of ``--pool`` generated JPEGs (``OUT/pool``) of ImageNet's
-size (short side 333-500, ~110 kB), including a CMYK JPEG and a PNG named ``.JPEG`` as
+size (short side 333-500, rendered scenes with grain), including a CMYK JPEG and a PNG named ``.JPEG`` as
 ImageNet has. It simulates the file count, the names and each file's decode cost; it does
 not simulate disk or network reads (the pool sits in the page cache) nor ImageNet's content.
 The wnids and words are made up in ImageNet's format (``n`` and 8 digits), not the real ones.

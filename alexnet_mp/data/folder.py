@@ -276,8 +276,8 @@ def _inside_split(paths: PathTable, labels: np.ndarray, classes: list[str], flat
 
 def _prefixes_are_classes(buf: np.ndarray, starts: np.ndarray, labels: np.ndarray, names: list[bytes],
                           chunk: int = 1 << 16) -> bool:
-    """Whether entry i's bytes start with ``names[labels[i]]``; in chunks, so the index arrays
-    are never copied whole (the check's own memory stays a few MB at ImageNet's 1.28M entries)."""
+    """Whether entry i's bytes start with ``names[labels[i]]``; in chunks of ``chunk`` entries, so
+    the check's temporaries stay small next to the index itself, whatever its size."""
     name_len = np.array([len(b) for b in names], dtype=np.int64)
     name_buf = np.frombuffer(b"".join(names), dtype=np.uint8)
     name_off = np.concatenate([[0], np.cumsum(name_len)])
