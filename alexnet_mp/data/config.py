@@ -26,7 +26,7 @@ class DataConfig(Section):
 
     SECTION: ClassVar[str] = "data"
     path: str = "data/synthetic"
-    """Dataset root holding ``train/<class>/*.jpg`` and ``val/<class>/*.jpg``."""
+    """Dataset root holding ``train/<class>/*.jpg`` and ``val/<class>/*.jpg`` (or a flat ``val/``: ``val_labels``)."""
     loader: Literal["dali", "torchvision", "nvjpeg"] = "dali"
     """``"dali"`` (NVIDIA DALI; without it installed: ``"nvjpeg"`` when decoding on a GPU, else
     ``"torchvision"``), ``"torchvision"`` (a ``DataLoader`` decoding on the CPU) or ``"nvjpeg"``
@@ -55,6 +55,15 @@ class DataConfig(Section):
     """Both columns' identical batch: ``"exchange"`` (each decodes half, all-gather) or ``"duplicate"``."""
     cache_dir: str = ""
     """Where the validated file index is cached; empty means ``~/.cache/alexnet-mp``."""
+    val_labels: str = ""
+    """ImageNet's flat ``val/``: its ground truth, Kaggle's ``LOC_val_solution.csv`` or the devkit's
+    ``ILSVRC2012_validation_ground_truth.txt`` (detected); empty: ``val/<class>/`` folders."""
+    val_synsets: str = ""
+    """With the devkit's ground truth: its ID-to-wnid map, ``meta.mat`` (needs scipy) or a text file of
+    one wnid per line in ILSVRC2012_ID order; empty: the ``meta.mat`` beside ``val_labels``."""
+    class_names: str = ""
+    """Words for each class folder: ``LOC_synset_mapping.txt``, a ``wnid words`` file or the devkit's
+    ``meta.mat``; empty: classes are shown by folder name."""
     generate_if_missing: bool = False
     """Training only: write the generated dataset (``alexnet-mp make-dataset``) at ``path`` if it has no train/."""
     generate_classes: int = 10
@@ -75,6 +84,8 @@ class DataConfig(Section):
 
     def check(self) -> None:
         self.require("path", bool(self.path), "a non-empty folder name (the dataset root)")
+        self.require("val_synsets", not self.val_synsets or bool(self.val_labels),
+                     "empty unless val_labels names the devkit's ground truth")
         self.require("threads", self.threads >= 0, "a whole number >= 0")
         self.require("prefetch", self.prefetch >= 1, "a whole number >= 1")
         self.require("pca_std", self.pca_std >= 0, "a number >= 0 (the paper: 0.1)")
@@ -95,3 +106,7 @@ class DataConfig(Section):
             if value is not None:
                 self.require(name, len(value) == 3, "three numbers (R, G, B) for pixels in [0, 1]")
         self.require("std", self.std is None or min(self.std) > 0, "three numbers > 0")
+
+    def split_keys(self) -> dict:
+        """The keys ``folder.scan_split`` and ``dataset_info`` take from this section."""
+        return {"val_labels": self.val_labels, "val_synsets": self.val_synsets}

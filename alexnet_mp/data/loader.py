@@ -16,7 +16,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .augment import load_color_stats, lighting_shift, plan_epoch
 from .config import DataConfig
-from .folder import scan_split
+from .folder import DatasetInfo, scan_split
 from .sharding import eval_positions, steps_per_epoch, train_positions
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _nvjpeg_device(cfg: DataConfig, device) -> torch.device:
 
 def _make_inner(cfg, split, idx, *, offsets, mirror, shift, stats, batch_size, device, ten_crop):
     """The loader for dataset indices ``idx`` (in order) with their per-sample parameters."""
-    files = [split.files[i] for i in idx]
+    files = split.files.take(idx)
     labels, sizes = split.labels[idx], split.sizes[idx]
     which = effective_loader(cfg, device)
     if which in ("dali", "nvjpeg") and cfg.decode_device == "gpu" and not torch.cuda.is_available():
@@ -154,6 +154,21 @@ def _make_inner(cfg, split, idx, *, offsets, mirror, shift, stats, batch_size, d
                               pin_memory=pin)
 
 
+def index_dataset(cfg: DataConfig, *, group=None, progress: bool = False) -> DatasetInfo:
+    """Scan and cache both splits' file index once for the whole job, before any loader is built:
+    every rank of ``group`` (a CPU process group; ``None``: this process alone) checks 1/world of
+    the files. The loaders built afterwards read the cached index. Returns the classes (with
+    ``class_names``' words) and the usable images per split, without listing the folders again."""
+    from .imagenet import names_for
+
+    splits = [scan_split(cfg.path, split, on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
+                         cache_dir=cfg.cache_dir, group=group, progress=progress, **cfg.split_keys())
+              for split in ("train", "val")]
+    classes = splits[0].classes
+    return DatasetInfo(root=splits[0].root, classes=classes, num_train=len(splits[0]), num_val=len(splits[1]),
+                       names=names_for(classes, cfg.class_names) if cfg.class_names else None)
+
+
 def build_train_loader(
     cfg: DataConfig, *, batch_size: int, seed: int, epoch: int, start_step: int = 0,
     dp_rank: int = 0, dp_size: int = 1, mp_group=None, device=None,
@@ -170,7 +185,7 @@ def build_train_loader(
         return _synthetic_train(cfg, batch_size=batch_size, seed=seed, epoch=epoch, start_step=start_step,
                                 dp_rank=dp_rank, dp_size=dp_size, device=device)
     split = scan_split(cfg.path, "train", on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
-                       cache_dir=cfg.cache_dir)
+                       cache_dir=cfg.cache_dir, **cfg.split_keys())
     stats = load_color_stats(cfg)
     steps = steps_per_epoch(len(split), batch_size, dp_size)
     if steps == 0:
@@ -209,7 +224,7 @@ def build_eval_loader(
                                            ten_crop=ten_crop)
         return Batches(inner, steps=-(-len(positions) // batch_size), start_step=0, device=None)
     split = scan_split(cfg.path, "val", on_bad_file=cfg.on_bad_file, threads=max(4, cfg.threads),
-                       cache_dir=cfg.cache_dir)
+                       cache_dir=cfg.cache_dir, **cfg.split_keys())
     stats = load_color_stats(cfg)
     positions = eval_positions(len(split), dp_rank=dp_rank, dp_size=dp_size, limit=limit)
     n = len(positions)

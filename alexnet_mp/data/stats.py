@@ -48,7 +48,7 @@ def compute_color_stats(root: str | Path, *, images: int = 2000, pixels_per_imag
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(split), size=min(images, len(split)), replace=False)
     total, total_sq, count = np.zeros(3), np.zeros((3, 3)), 0
-    items = [split.files[i] for i in chosen]
+    items = split.files.take(chosen)
     bar = click.progressbar(items, label=f"dataset-stats {root}", file=sys.stderr) if progress else None
     try:
         for path in (bar.__enter__() if bar else items):

@@ -1,4 +1,4 @@
-"""``alexnet-mp eval``, ``export`` and ``filters``: what to do with a training checkpoint."""
+"""``alexnet-mp eval``, ``export``, ``filters`` and ``predict``: what to do with a training checkpoint."""
 
 from __future__ import annotations
 
@@ -68,12 +68,15 @@ def filters_command(checkpoint: str, out: str, force: bool) -> None:
 
 @click.command("eval")
 @click.argument("checkpoint")
-@click.option("--data", "data_path", required=True, help="Dataset root with val/<class>/*.jpg.")
+@click.option("--data", "data_path", required=True, help="Dataset root with val/<class>/*.jpg (or a flat val/ and --val-labels).")
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's ten patches.")
 @click.option("--batch-size", type=int, default=50, show_default=True)
 @click.option("--loader", type=click.Choice(["dali", "torchvision", "nvjpeg"]), default="dali", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def eval_command(checkpoint: str, data_path: str, ten_crop: bool, batch_size: int, loader: str, device: str) -> None:
+@click.option("--val-labels", default="", help="ImageNet's flat val/: its ground truth ([data] val_labels).")
+@click.option("--val-synsets", default="", help="The devkit's ID-to-wnid map ([data] val_synsets).")
+def eval_command(checkpoint: str, data_path: str, ten_crop: bool, batch_size: int, loader: str, device: str,
+                 val_labels: str, val_synsets: str) -> None:
     """Top-1 and top-5 error of a checkpoint on DIR/val (the single-device model, one process)."""
     from ..data import DataConfig, build_eval_loader, dataset_info
     from ..model import AlexNet
@@ -86,17 +89,40 @@ def eval_command(checkpoint: str, data_path: str, ten_crop: bool, batch_size: in
     dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     path = resolve_checkpoint(checkpoint)
     state, meta = ckpt.reference_state(path)
-    info = dataset_info(data_path)
+    info = dataset_info(data_path, val_labels=val_labels, val_synsets=val_synsets)
     if info.num_classes > meta["num_classes"]:
         raise UserError(f"{data_path} has {info.num_classes} classes but {path} predicts {meta['num_classes']}.")
     model = AlexNet(meta["num_classes"]).to(dev)
     model.load_state_dict(state)
-    cfg = DataConfig(path=data_path, loader=loader)
+    cfg = DataConfig(path=data_path, loader=loader, val_labels=val_labels, val_synsets=val_synsets)
     results = evaluate(model, build_eval_loader(cfg, batch_size=batch_size, ten_crop=ten_crop, device=dev),
                        ten_crop=ten_crop)
     how = "ten patches" if ten_crop else "centre crop"
     click.echo(f"{path} on {data_path}/val ({results['images']} images, {how}): "
                f"top-1 error {results['top1_error']:.4f}, top-5 error {results['top5_error']:.4f}")
+
+
+@click.command("predict")
+@click.argument("checkpoint")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--centre-crop", is_flag=True, help="Score the centre 224 patch only (default: the paper's ten patches).")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per image.")
+@click.option("--names", "names_file", default="", help="Class names: 'wnid words' lines in label order, or a "
+              "run's classes.json [default: the checkpoint's run folder's classes.json].")
+def predict_command(checkpoint: str, images: tuple[str, ...], centre_crop: bool, top: int, names_file: str) -> None:
+    """Top classes of each IMAGE (files or folders of JPEG/PNG/BMP) by a checkpoint (or run folder)."""
+    from ..model import AlexNet
+    from .predict import class_names, image_files, predict, prepare, report
+
+    path = resolve_checkpoint(checkpoint)
+    files = image_files(list(images))
+    state, meta = ckpt.reference_state(path)
+    names = class_names(path, names_file, meta["num_classes"])
+    prepared = prepare(files, meta, ten_crop=not centre_crop)
+    model = AlexNet(meta["num_classes"]).eval()
+    model.load_state_dict(state)
+    results = predict(model, prepared, top=top, ten_crop=not centre_crop)
+    click.echo("\n".join(report(files, names, results, "centre crop" if centre_crop else "ten patches")))
 
 
 @click.command("convert-checkpoint")
@@ -116,4 +142,4 @@ def convert_command(old: str, new: str, trust_pickle: bool) -> None:
                f"{meta['num_classes']} classes, in this version's format")
 
 
-COMMANDS = [eval_command, export_command, filters_command, convert_command]
+COMMANDS = [eval_command, export_command, filters_command, predict_command, convert_command]

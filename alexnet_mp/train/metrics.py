@@ -112,6 +112,7 @@ class Metrics:
             f"  data: {info.root} ({info.num_classes} classes, {info.num_train} train / {info.num_val} val images), "
             + (f"loader {effective_loader(c.data)}" if c.data.source == "folder"
                else "uint8 images made on the device and augmented there; nothing decoded"),
+            f"  classes: {'; '.join(info.labels[:3])}{' …' if info.num_classes > 3 else ''}",
             f"  batch: {c.training.batch_size} per model x {lay.dp_size} replica(s) = {per_step} images per step"
             + (f", {steps_per_epoch} steps per epoch" if steps_per_epoch else ""),
             f"  recipe: SGD lr {lr:g} momentum {c.optimizer.momentum:g} weight decay "
@@ -283,7 +284,7 @@ class Metrics:
             x = torch.cat(thumbs)[:n]
             x = (x - x.amin(dim=(1, 2, 3), keepdim=True)) / (x.amax(dim=(1, 2, 3), keepdim=True)
                                                             - x.amin(dim=(1, 2, 3), keepdim=True)).clamp_min(1e-6)
-            names = [self.info.classes[i] for i in torch.cat(labels)[:n].tolist()]
+            names = [self.info.labels[i] for i in torch.cat(labels)[:n].tolist()]
             self.writer.add_embedding(torch.cat(feats)[:n], metadata=names, label_img=x, global_step=step, tag="fc7")
         c = self.cfg
         hparams = {"lr": c.optimizer.lr, "batch_size": c.training.batch_size, "momentum": c.optimizer.momentum,

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from .. import layers as L
 from ..config import Config
-from ..data import build_eval_loader, build_train_loader, dataset_info, make_dataset
+from ..data import build_eval_loader, build_train_loader, index_dataset, make_dataset
+from ..data.imagenet import write_run_classes
 from ..data.device_source import synthetic_info
 from ..errors import CheckpointError, ConfigError, UserError
 from ..model import AlexNet
@@ -250,10 +251,14 @@ class Trainer:
         self.metrics = Metrics(cfg, self.layout, self.run_dir, self.info)
 
     def _classes(self) -> int:
-        """fc8's size: [model] num_classes, or the dataset's class count; the dataset is read here."""
-        cfg, d = self.cfg, self.cfg.data
-        self.info = dataset_info(d.path) if d.source == "folder" else \
-            synthetic_info(d.synthetic_images, d.synthetic_val_images, d.synthetic_classes)
+        """fc8's size: [model] num_classes, or the dataset's class count; the dataset is indexed here,
+        once for the whole job."""
+        cfg, d, lay = self.cfg, self.cfg.data, self.layout
+        group = (lay.control_group or dist.group.WORLD) if lay.distributed else None
+        self.info = index_dataset(d, group=group, progress=lay.is_main) if d.source == "folder" else \
+            synthetic_info(d.synthetic_images, d.synthetic_val_images, d.synthetic_classes)  # one scan for the job
+        if lay.is_main and d.source == "folder":
+            write_run_classes(self.run_dir, self.info.classes, self.info.names)  # for `alexnet-mp predict`
         num_classes = cfg.model.num_classes or self.info.num_classes
         if not L.classes_accepted(num_classes):
             raise ConfigError(f"{cfg.data.path} has {self.info.num_classes} classes; fc8 splits into {L.COLUMNS} "

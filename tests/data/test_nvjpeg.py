@@ -266,7 +266,7 @@ def test_a_jpeg_the_batched_decoder_declines_is_decoded_on_the_host(mixed_root, 
     got = run(build_eval_loader(nvjpeg(mixed_root, tmp_path), batch_size=8))
     want = run(build_eval_loader(reference(mixed_root, tmp_path), batch_size=8))
     files = scan_split(mixed_root, "val", cache_dir=str(tmp_path / "cache")).files
-    k = files.index(str(mixed_root / "val" / "a" / "3.jpg"))
+    k = list(files).index(str(mixed_root / "val" / "a" / "3.jpg"))
     x, u = torch.cat([x for x, _ in got]), torch.cat([u for u, _ in want])
     assert torch.equal(torch.cat([y for _, y in got]), torch.cat([v for _, v in want]))
     assert torch.equal(torch.cat([x[:k], x[k + 1:]]), torch.cat([u[:k], u[k + 1:]]))
