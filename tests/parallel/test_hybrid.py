@@ -54,6 +54,7 @@ def _worker(rank, world, cfg):
         module.reduce_scatter_dim0 = recording("reduce_scatter", module.reduce_scatter_dim0)
     dist.all_reduce = recording("all_reduce", dist.all_reduce)
     trainer = Trainer(cfg)
+    calls.clear()  # building the trainer splits the dataset's index scan over the world: training's traffic only
     try:
         trainer.train()
         weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

@@ -184,7 +184,7 @@ def test_the_lock_is_released_on_every_exit(dataset, tmp_path, monkeypatch):
     cfg = config(dataset, tmp_path, **{"training.max_steps": 2, "debug.inject_nan_at_step": 1})
     with pytest.raises(TrainingError):
         run_trainer(cfg)
-    monkeypatch.setattr(trainer_module, "dataset_info", lambda _: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(trainer_module, "index_dataset", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):  # fails inside the constructor, after the lock
         run_trainer(cfg)
     monkeypatch.undo()
