@@ -146,14 +146,14 @@ def report_bars(report: dict) -> Bars:
 def analytic_bars(batch_size: int, names: Iterable[str] = ("paper", "single", "data-parallel", "hybrid"), *,
                   num_classes: int = 1000) -> Bars:
     """Bars from the layer table alone (no run): each device's parameters, gradients, momentum
-    and layer outputs (:func:`alexnet_mp.profile.analytic.device_memory`), and every analytic
+    and layer outputs (:func:`alexnet_mp.profile.strategies.device_memory`), and every analytic
     transfer of a step at ``batch_size``."""
-    from .profile import analytic, strategies
+    from .profile import strategies
 
     bars = Bars()
     for name in names:
         s = strategies.get(name)
-        for rank, parts in enumerate(analytic.device_memory(name, batch_size, num_classes=num_classes)):
+        for rank, parts in enumerate(strategies.device_memory(name, batch_size, num_classes=num_classes)):
             column = rank % L.COLUMNS if s.processes // s.batch_parts == L.COLUMNS else None
             bars.memory.append(MemoryBar(name, _device_label({"rank": rank, "column": column}), parts))
         transfers = s.transfers(batch_size, num_classes)
