@@ -13,7 +13,7 @@ TensorBoard tags, grouped by prefix (torchtitan's habit):
 * ``filters/column<c>`` (images, the paper's Figure 3) and ``filters/colour_specificity/column<c>``
 * ``profile/memory_and_traffic`` (a figure, at each validation and at the end): each rank's memory
   beside the bytes of each exchange and direction at the last logged step, drawn by
-  :func:`alexnet_mp.plots.memory_traffic_figure` (the chart of ``alexnet-mp profile --plot``);
+  :func:`alexnet_mp.charts.memory_traffic_figure` (the chart of ``alexnet-mp profile --plot``);
   only when matplotlib is installed (``pip install -e '.[plot]'``), else a note says so once
 * ``config`` (text), hparams with the final metrics, and at the end the projector:
   fc7 features of validation images with their thumbnails (the paper's Figure 4).
@@ -246,15 +246,15 @@ class Metrics:
         step (the scalars ``memory/…`` and ``exchange/…`` side by side); once per step."""
         if self.writer is None or self.last_logged is None or self._figure_step == step:
             return
-        from .. import plots
+        from .. import charts
 
-        if not plots.have_matplotlib():
+        if not charts.have_matplotlib():
             if not self._no_matplotlib_noted:
-                self.note(f"no memory/traffic figure in TensorBoard: matplotlib is not installed ({plots.INSTALL})")
+                self.note(f"no memory/traffic figure in TensorBoard: matplotlib is not installed ({charts.INSTALL})")
                 self._no_matplotlib_noted = True
             return
         logged, per_rank, dp_bytes = self.last_logged
-        fig = plots.memory_traffic_figure(plots.training_bars(per_rank, dp_bytes, group=self.cfg.job.name),
+        fig = charts.memory_traffic_figure(charts.training_bars(per_rank, dp_bytes, group=self.cfg.job.name),
                                           title=f"run {self.cfg.job.name!r} at step {logged}: memory per rank, "
                                                 "bytes per exchange as column 0 sent them", peak_label="peak")
         self.writer.add_figure("profile/memory_and_traffic", fig, step)
