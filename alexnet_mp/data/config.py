@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..config import Section
+from ..section import Section
 
 POOL_IMAGE_BYTES = 256 * 256 * 3
 """One image of the synthetic pool: 256x256 RGB, uint8."""

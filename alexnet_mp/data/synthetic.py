@@ -131,8 +131,18 @@ def render(k: int, rng: np.random.Generator) -> Image.Image:
     h, w = (short, int(short * aspect)) if aspect >= 1 else (int(short / aspect), short)
     if rng.random() < 0.5:
         h, w = w, h
+    img, noise = _background(h, w, rng)
+    late = _clutter(img, h, w, rng)
+    img = _objects(img, shape, pattern, hue, noise, rng)
+    for args in late:
+        _stamp(img, *args)
+    if rng.random() < GRAYSCALE_FRACTION:
+        img = img.convert("L")
+    return img
 
-    # Background: a low-saturation gradient plus sensor-like noise.
+
+def _background(h: int, w: int, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
+    """A low-saturation gradient plus sensor-like noise; the noise too (the object reuses it)."""
     c0 = np.array(_hsv(rng.random(), rng.uniform(0, 0.35), rng.uniform(0.3, 0.9)), np.float32)
     c1 = np.array(_hsv(rng.random(), rng.uniform(0, 0.35), rng.uniform(0.3, 0.9)), np.float32)
     t = np.linspace(0, 1, w if rng.random() < 0.5 else h, dtype=np.float32)
@@ -140,9 +150,12 @@ def render(k: int, rng: np.random.Generator) -> Image.Image:
     noise = rng.standard_normal((h, w, 1), dtype=np.float32)
     bg = np.empty((h, w, 3), np.float32)
     np.add(c0 * (1 - ramp) + c1 * ramp, noise * np.float32(rng.uniform(3, 14)), out=bg)
-    img = Image.fromarray(np.clip(bg, 0, 255, out=bg).astype(np.uint8))
+    return Image.fromarray(np.clip(bg, 0, 255, out=bg).astype(np.uint8)), noise
 
-    # Clutter: small shapes of every kind and colour, some after the object (occluders).
+
+def _clutter(img: Image.Image, h: int, w: int, rng: np.random.Generator) -> list[tuple]:
+    """Small shapes of every kind and colour stamped now; every fourth is returned, to be
+    stamped after the object (an occluder)."""
     s = min(h, w)
     n_clutter = int(rng.integers(3, 12))
     late = []
@@ -153,8 +166,14 @@ def render(k: int, rng: np.random.Generator) -> Image.Image:
             late.append(args)
         else:
             _stamp(img, *args)
+    return late
 
-    # The object(s): the class's shape filled with its pattern in its hue.
+
+def _objects(img: Image.Image, shape: int, pattern: int, hue: int, noise: np.ndarray,
+             rng: np.random.Generator) -> Image.Image:
+    """The object(s): the class's shape filled with its pattern in its hue, over ``img``."""
+    h, w = noise.shape[:2]
+    s = min(h, w)
     base_h = (hue + rng.uniform(-0.3, 0.3)) / len(HUES)
     main = _hsv(base_h % 1.0, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
     second = _hsv((base_h + rng.uniform(-0.04, 0.04)) % 1.0, rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.45))
@@ -170,12 +189,7 @@ def render(k: int, rng: np.random.Generator) -> Image.Image:
         cx = w / 2 + rng.uniform(-0.22, 0.22) * s
         cy = h / 2 + rng.uniform(-0.22, 0.22) * s
         _draw_shape(mdraw, shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
-    img = Image.composite(Image.fromarray(np.clip(fill, 0, 255).astype(np.uint8)), img, mask)
-    for args in late:
-        _stamp(img, *args)
-    if rng.random() < GRAYSCALE_FRACTION:
-        img = img.convert("L")
-    return img
+    return Image.composite(Image.fromarray(np.clip(fill, 0, 255).astype(np.uint8)), img, mask)
 
 
 def make_dataset(

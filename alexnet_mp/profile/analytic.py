@@ -204,27 +204,3 @@ def layer_output_floats(num_classes: int = 1000) -> int:
     """Floats per sample of every layer's output in the whole net: each weight layer's output
     and, where one follows, its pooled output (what backward must keep at the least)."""
     return sum(s.neurons + (prod(s.next_shape) if s.layer.pool else 0) for s in L.shapes(num_classes))
-
-
-def device_memory(strategy: str, batch_size: int, *, num_classes: int = 1000,
-                  element_size: int = 4) -> list[dict[str, int]]:
-    """Bytes each device of ``strategy`` holds, from the layer table, one dict per rank.
-
-    ``parameters``, ``gradients`` and ``optimizer_state`` (SGD's momentum) are exact: a
-    column's share of the net on a device that holds one column (``paper``, ``hybrid``), the
-    whole net otherwise. ``layer_outputs`` is the device's share of every layer's output at its
-    batch (:func:`layer_output_floats`) — a lower bound on the activations backward keeps
-    (the profiler measures those: ReLU and LRN intermediates come on top).
-    """
-    from . import strategies
-
-    s = strategies.get(strategy)
-    if s.plan is not None:
-        return [plan_memory(s.plan, batch_size, s.processes, num_classes=num_classes, element_size=element_size)
-                for _ in range(s.processes)]
-    devices_per_replica = s.processes // s.batch_parts  # 2 for the split's columns, 1 for a whole net
-    params = (L.total_params(num_classes) if devices_per_replica == 1 else L.column_params(num_classes))
-    outputs = layer_output_floats(num_classes) // devices_per_replica * s.local_batch(batch_size)
-    one = {"parameters": params * element_size, "gradients": params * element_size,
-           "optimizer_state": params * element_size, "layer_outputs": outputs * element_size}
-    return [dict(one) for _ in range(s.processes)]

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .. import layers as L
-from ..config import Section
+from ..section import Section
 from ..errors import UserError
 from ..parallel import DIRECTIONS
 from ..parallel.devices import rank_device

@@ -232,3 +232,25 @@ def get(name: str) -> Strategy:
         raise ConfigError(f"--strategy {name!r} ({strategy.summary}) is not available yet: {strategy.coming}. "
                           f"Accepted now: {accepted}.")
     return strategy
+
+
+def device_memory(strategy: str, batch_size: int, *, num_classes: int = 1000,
+                  element_size: int = 4) -> list[dict[str, int]]:
+    """Bytes each device of ``strategy`` holds, from the layer table, one dict per rank.
+
+    ``parameters``, ``gradients`` and ``optimizer_state`` (SGD's momentum) are exact: a
+    column's share of the net on a device that holds one column (``paper``, ``hybrid``), the
+    whole net otherwise. ``layer_outputs`` is the device's share of every layer's output at its
+    batch (:func:`~alexnet_mp.profile.analytic.layer_output_floats`) — a lower bound on the
+    activations backward keeps (the profiler measures those: ReLU and LRN intermediates come on top).
+    """
+    s = get(strategy)
+    if s.plan is not None:
+        return [analytic.plan_memory(s.plan, batch_size, s.processes, num_classes=num_classes,
+                                     element_size=element_size) for _ in range(s.processes)]
+    devices_per_replica = s.processes // s.batch_parts  # 2 for the split's columns, 1 for a whole net
+    params = (L.total_params(num_classes) if devices_per_replica == 1 else L.column_params(num_classes))
+    outputs = analytic.layer_output_floats(num_classes) // devices_per_replica * s.local_batch(batch_size)
+    one = {"parameters": params * element_size, "gradients": params * element_size,
+           "optimizer_state": params * element_size, "layer_outputs": outputs * element_size}
+    return [dict(one) for _ in range(s.processes)]

@@ -13,7 +13,7 @@ TensorBoard tags, grouped by prefix (torchtitan's habit):
 * ``filters/column<c>`` (images, the paper's Figure 3) and ``filters/colour_specificity/column<c>``
 * ``profile/memory_and_traffic`` (a figure, at each validation and at the end): each rank's memory
   beside the bytes of each exchange and direction at the last logged step, drawn by
-  :func:`alexnet_mp.plots.memory_traffic_figure` (the chart of ``alexnet-mp profile --plot``);
+  :func:`alexnet_mp.charts.memory_traffic_figure` (the chart of ``alexnet-mp profile --plot``);
   only when matplotlib is installed (``pip install -e '.[plot]'``), else a note says so once
 * ``config`` (text), hparams with the final metrics, and at the end the projector:
   fc7 features of validation images with their thumbnails (the paper's Figure 4).
@@ -72,6 +72,14 @@ def _schedule_words(s) -> str:
     if s.kind == "epochs":
         return "after epoch " + ", ".join(str(e) for e in sorted(s.at_epochs))
     return f"on a val plateau (at most {s.max_reductions}x)"
+
+
+def _top_errors(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Top-1 and top-5 error of a batch's logits."""
+    with torch.no_grad():
+        top = logits.detach().float().topk(min(5, logits.shape[-1]), -1).indices.cpu()
+        hits = top == labels.cpu()[:, None]
+        return 1 - hits[:, 0].float().mean().item(), 1 - hits.any(1).float().mean().item()
 
 
 class Metrics:
@@ -161,11 +169,7 @@ class Metrics:
         """One training step's timings; at the steps :meth:`logs_at` names, the console line and
         the scalars (``loss`` is the host's copy then, None otherwise). ``forward_s``: the forward's
         seconds while the estimate still needs them, else None."""
-        images = len(labels) * self.layout.dp_size
-        self.window.append((step_s, data_s, images))
-        self.estimate.training_step(step_s + data_s, forward_s, images)
-        if not self.estimated and self.estimate.steps >= ESTIMATE_AFTER_STEPS:
-            self._announce_estimate(step, epoch, step_in_epoch, steps)
+        self._time(step, epoch, step_in_epoch, steps, len(labels) * self.layout.dp_size, data_s, step_s, forward_s)
         if not self.logs_at(step, step_in_epoch, steps):
             return
         per_rank = self._gather({"memory": device_memory(self.layout.devices), "stats": stats.as_dict()})
@@ -173,40 +177,54 @@ class Metrics:
             self.window.clear()
             return
         self.last_logged = (step, per_rank, dp_bytes)
-        with torch.no_grad():
-            top = logits.detach().float().topk(min(5, logits.shape[-1]), -1).indices.cpu()
-            hits = top == labels.cpu()[:, None]
-            top1, top5 = 1 - hits[:, 0].float().mean().item(), 1 - hits.any(1).float().mean().item()
+        top1, top5 = _top_errors(logits, labels)
+        mean_step, mean_data, rate = self._drain_window()
+        if self.writer is not None:
+            self._write_scalars(step, per_rank, (
+                ("loss/train", loss), ("lr", lr), ("error/train_top1", top1), ("error/train_top5", top5),
+                ("throughput/images_per_s", rate), ("time/data_wait_s", mean_data), ("time/step_s", mean_step),
+                ("exchange/dp_allreduce_bytes", dp_bytes)))
+        _, seconds = self._left(step, epoch, step_in_epoch, steps)
+        eta = sum(seconds) if seconds else 0.0
+        print(f"epoch {epoch + 1}/{self.cfg.training.epochs} step {step_in_epoch}/{steps} (global {step}) | "
+              f"loss {loss:.4f} top1-err {top1:.3f} lr {lr:.1e} | {rate:.1f} img/s, data {mean_data:.2f}s, "
+              f"step {mean_step:.2f}s | elapsed {_fmt_time(time.perf_counter() - self.start)} "
+              f"ETA {_fmt_time(eta)} (validation included)", file=sys.stderr, flush=True)
+
+    def _time(self, step: int, epoch: int, step_in_epoch: int, steps: int, images: int, data_s: float,
+              step_s: float, forward_s: float | None) -> None:
+        """The step's seconds into the logging window and the run-length estimate (announced once)."""
+        self.window.append((step_s, data_s, images))
+        self.estimate.training_step(step_s + data_s, forward_s, images)
+        if not self.estimated and self.estimate.steps >= ESTIMATE_AFTER_STEPS:
+            self._announce_estimate(step, epoch, step_in_epoch, steps)
+
+    def _drain_window(self) -> tuple[float, float, float]:
+        """Mean step and data-wait seconds and images per second since the last logged step."""
         n = len(self.window)
         mean_step = sum(s for s, _, _ in self.window) / n
         mean_data = sum(d for _, d, _ in self.window) / n
         rate = sum(i for _, _, i in self.window) / max(1e-9, sum(s + d for s, d, _ in self.window))
         self.window.clear()
+        return mean_step, mean_data, rate
+
+    def _write_scalars(self, step: int, per_rank: list[dict], scalars) -> None:
+        """TensorBoard: the step's ``scalars``, each rank's memory, and what column 0 exchanged."""
         w = self.writer
-        if w is not None:
-            for tag, v in (("loss/train", loss), ("lr", lr), ("error/train_top1", top1), ("error/train_top5", top5),
-                           ("throughput/images_per_s", rate), ("time/data_wait_s", mean_data),
-                           ("time/step_s", mean_step), ("exchange/dp_allreduce_bytes", dp_bytes)):
-                w.add_scalar(tag, v, step)
-            for r, item in enumerate(per_rank):
-                for k, v in item["memory"].items():
-                    w.add_scalar(f"memory/rank{r}/{k}", v, step)
-            col0 = per_rank[0]["stats"].get("0") or next(iter(per_rank[0]["stats"].values()), {})
-            total = 0
-            for name, per in col0.items():
-                for d in DIRECTIONS:
-                    w.add_scalar(f"exchange/{name}/{d}_bytes", per[d]["bytes"], step)
-                    w.add_scalar(f"exchange/{name}/{d}_seconds", per[d]["seconds"], step)
-                    w.add_scalar(f"exchange/{name}/{d}_hidden_seconds", per[d]["hidden_seconds"], step)
-                    total += per[d]["bytes"]
-            w.add_scalar("exchange/total_bytes_per_step", total, step)
-        c = self.cfg
-        _, seconds = self._left(step, epoch, step_in_epoch, steps)
-        eta = sum(seconds) if seconds else 0.0
-        print(f"epoch {epoch + 1}/{c.training.epochs} step {step_in_epoch}/{steps} (global {step}) | "
-              f"loss {loss:.4f} top1-err {top1:.3f} lr {lr:.1e} | {rate:.1f} img/s, data {mean_data:.2f}s, "
-              f"step {mean_step:.2f}s | elapsed {_fmt_time(time.perf_counter() - self.start)} "
-              f"ETA {_fmt_time(eta)} (validation included)", file=sys.stderr, flush=True)
+        for tag, v in scalars:
+            w.add_scalar(tag, v, step)
+        for r, item in enumerate(per_rank):
+            for k, v in item["memory"].items():
+                w.add_scalar(f"memory/rank{r}/{k}", v, step)
+        col0 = per_rank[0]["stats"].get("0") or next(iter(per_rank[0]["stats"].values()), {})
+        total = 0
+        for name, per in col0.items():
+            for d in DIRECTIONS:
+                w.add_scalar(f"exchange/{name}/{d}_bytes", per[d]["bytes"], step)
+                w.add_scalar(f"exchange/{name}/{d}_seconds", per[d]["seconds"], step)
+                w.add_scalar(f"exchange/{name}/{d}_hidden_seconds", per[d]["hidden_seconds"], step)
+                total += per[d]["bytes"]
+        w.add_scalar("exchange/total_bytes_per_step", total, step)
 
     def validation(self, step: int, epoch: int, results: dict[str, float], lr: float, *, seconds: float = 0.0,
                    forwards: int = 0, ten_crop_images: int = 0) -> None:
@@ -246,15 +264,15 @@ class Metrics:
         step (the scalars ``memory/…`` and ``exchange/…`` side by side); once per step."""
         if self.writer is None or self.last_logged is None or self._figure_step == step:
             return
-        from .. import plots
+        from .. import charts
 
-        if not plots.have_matplotlib():
+        if not charts.have_matplotlib():
             if not self._no_matplotlib_noted:
-                self.note(f"no memory/traffic figure in TensorBoard: matplotlib is not installed ({plots.INSTALL})")
+                self.note(f"no memory/traffic figure in TensorBoard: matplotlib is not installed ({charts.INSTALL})")
                 self._no_matplotlib_noted = True
             return
         logged, per_rank, dp_bytes = self.last_logged
-        fig = plots.memory_traffic_figure(plots.training_bars(per_rank, dp_bytes, group=self.cfg.job.name),
+        fig = charts.memory_traffic_figure(charts.training_bars(per_rank, dp_bytes, group=self.cfg.job.name),
                                           title=f"run {self.cfg.job.name!r} at step {logged}: memory per rank, "
                                                 "bytes per exchange as column 0 sent them", peak_label="peak")
         self.writer.add_figure("profile/memory_and_traffic", fig, step)

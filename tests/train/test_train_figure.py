@@ -16,16 +16,16 @@ FLOATS = {"conv3": 21_632, "fc6": 4_608, "fc7": 2_048, "fc8": 2_048, "logits": 1
 def test_training_writes_one_memory_and_traffic_figure_of_the_analytic_bytes(dataset, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from alexnet_mp import plots
+    from alexnet_mp import charts
 
     drawn = []
-    original = plots.memory_traffic_figure
+    original = charts.memory_traffic_figure
 
     def spy(bars, **kwargs):
         drawn.append(bars)
         return original(bars, **kwargs)
 
-    monkeypatch.setattr(plots, "memory_traffic_figure", spy)
+    monkeypatch.setattr(charts, "memory_traffic_figure", spy)
     cfg = config(dataset, tmp_path, **{"training.max_steps": 2, "parallelism.one_process": "columns",
                                         "metrics.enable_tensorboard": True, "metrics.log_freq": 1,
                                         "checkpoint.enable": False})
