@@ -6,12 +6,13 @@ the lr schedule, the optimizer's settings and the checkpoint's health, against a
 
 **One logical checkpoint, whatever the placement**: the keys are the whole network's
 (``model.conv1.weight``, ``optimizer.conv1.weight.momentum_buffer``). Each process writes the
-blocks of those tensors it holds, each with its offsets in the whole tensor — the whole tensor
-for one process holding the network, the dim-0 half of its column for a column per process,
-both halves for both columns in one process. Data-parallel replicas hold the same blocks and
-only the first replica writes them. Loading fills each tensor held here from whichever stored
-blocks overlap it, so a checkpoint of two processes resumes in one and back (and under the
-hybrid layout), and ``export`` is a load into the single-device model. Each rank's RNG state is
+blocks of those tensors it holds, each at the offsets its ``Shard`` gives in the whole tensor —
+the whole tensor for one process holding the network, the dim-0 half of its column for a column
+per process, both halves for both columns in one process, a plan's slices by outputs or inputs.
+Of blocks held alike by several processes (data-parallel replicas, a plan's replicated tensors)
+one copy is written. Loading fills each tensor held here from whichever stored blocks overlap
+it, so a checkpoint resumes under another process count or plan, and ``export`` is a load into
+the single-device model. Each rank's RNG state is
 its own key (``rng.rank<r>.cpu``).
 
 **Read as data**: every file named is a regular file directly inside the folder (no path, no

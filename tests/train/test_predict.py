@@ -66,12 +66,7 @@ def test_names_and_probabilities_equal_the_ten_patch_validation(run, tmp_path):
 
     model = AlexNet(meta["num_classes"]).eval()
     model.load_state_dict(state)
-    cfg = DataConfig(path=str(out / ROOT), loader="torchvision", threads=0, cache_dir=str(tmp_path / "c"),
-                     val_labels=str(out / "LOC_val_solution.csv"))
-    files = list(scan_split(cfg.path, "val", cache_dir=cfg.cache_dir, val_labels=cfg.val_labels).files)
-    with torch.no_grad():
-        probs = torch.cat([model(x.flatten(0, 1)).softmax(-1).view(len(x), 10, -1).mean(1)
-                           for x, _ in build_eval_loader(cfg, batch_size=4, ten_crop=True)])
+    files, probs = _validation_ten_patches(model, out, tmp_path)
     p = plan(4, 16, 8, seed=5)
     words = [f"{w} stand-in class {k}, synthetic {k}" for k, w in enumerate(p.wnids)]
     for f, row in zip(files, probs):
@@ -131,15 +126,20 @@ def test_the_scores_are_validation_s_ten_patch_average(run, tmp_path):
     _, meta = ckpt.reference_state(ckpt.latest(run_dir))
     torch.manual_seed(0)
     model = AlexNet(meta["num_classes"], init="kaiming").eval()
-    cfg = DataConfig(path=str(out / ROOT), loader="torchvision", threads=0, cache_dir=str(tmp_path / "c"),
-                     val_labels=str(out / "LOC_val_solution.csv"))
-    files = list(scan_split(cfg.path, "val", cache_dir=cfg.cache_dir, val_labels=cfg.val_labels).files)
-    with torch.no_grad():
-        want = torch.cat([model(x.flatten(0, 1)).softmax(-1).view(len(x), 10, -1).mean(1)
-                          for x, _ in build_eval_loader(cfg, batch_size=4, ten_crop=True)])
+    files, want = _validation_ten_patches(model, out, tmp_path)
     got = predict(model, prepare(files, meta, ten_crop=True), top=4, ten_crop=True)
     centre = predict(model, prepare(files, meta, ten_crop=False), top=4, ten_crop=False)
     assert want.max(1).values.min() < 0.99  # the patches disagree: the test can tell an average from one patch
     for (k, p), row in zip(got, want):
         assert np.allclose(p, row[k].numpy(), atol=1e-5) and k == row.argsort(descending=True).tolist()
     assert max(abs(a - b) for (_, p), (_, q) in zip(got, centre) for a, b in zip(p, q)) > 1e-3
+
+
+def _validation_ten_patches(model, out, tmp_path):
+    """The miniature's val files and the model's softmax averaged over their ten patches, as validation does."""
+    cfg = DataConfig(path=str(out / ROOT), loader="torchvision", threads=0, cache_dir=str(tmp_path / "c"),
+                     val_labels=str(out / "LOC_val_solution.csv"))
+    files = list(scan_split(cfg.path, "val", cache_dir=cfg.cache_dir, val_labels=cfg.val_labels).files)
+    with torch.no_grad():
+        return files, torch.cat([model(x.flatten(0, 1)).softmax(-1).view(len(x), 10, -1).mean(1)
+                                 for x, _ in build_eval_loader(cfg, batch_size=4, ten_crop=True)])
